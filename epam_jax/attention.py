@@ -1,0 +1,97 @@
+"""Pose-guided attention: pose features (aligned to RGB time) -> (N, T, H, W, 1) map."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from epam_jax.layers import BatchNorm, Conv, ConvBN, kaiming_fan_out
+
+Array = jax.Array
+Dtype = Any
+
+ATTENTION_TYPES = ("CBAM_spatial_efficient_temporal", "spatial_temporal")
+
+
+def temporal_conv1d(x: Array, kernel: Array) -> Array:
+    """1-channel Conv1d over time, zero padding k // 2: (N, T) x (k, 1, 1) -> (N, T)."""
+    k = kernel.shape[0]
+    y = lax.conv_general_dilated(
+        x[:, :, None],
+        kernel,
+        window_strides=(1,),
+        padding=((k // 2, k // 2),),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+    )
+    return y[:, :, 0]
+
+
+class CBAMSpatialEfficientTemporal(nn.Module):
+    """The paper's attention: CBAM spatial map times an efficient temporal gate.
+
+    Channels are compressed to [max, mean], a (1, 7, 7) conv + BatchNorm gives
+    the spatial map; its spatial mean over time goes through a 7-tap Conv1d for
+    the temporal gate.
+    """
+
+    bn_axis_name: str | None = None
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        dtype = self.dtype or jnp.float32
+        x = x.astype(dtype)
+        pooled = jnp.concatenate(
+            [jnp.max(x, axis=-1, keepdims=True), jnp.mean(x, axis=-1, keepdims=True)], axis=-1
+        )
+
+        def norm(features, **kw):
+            return BatchNorm(
+                features,
+                use_running_average=not train,
+                momentum=0.99,
+                axis_name=self.bn_axis_name,
+                **kw,
+            )
+
+        spatial = ConvBN(
+            1, norm=norm, kind="spatial", kernel_size=7, dtype=dtype, name="spatial"
+        )(pooled)
+        spatial = nn.sigmoid(spatial.astype(jnp.float32))
+        kernel = self.param("conv_temporal_attention", kaiming_fan_out, (7, 1, 1), jnp.float32)
+        temporal = nn.sigmoid(temporal_conv1d(jnp.mean(spatial[..., 0], axis=(2, 3)), kernel))
+        return (spatial * temporal[:, :, None, None, None]).astype(dtype)
+
+
+class SpatialTemporalAttention(nn.Module):
+    """The 'spatial_temporal' variant: conv channel compression and an MLP over time.
+
+    Its two Linear layers fix the number of RGB frames (16 in the original).
+    """
+
+    num_frames: int = 16
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        del train
+        if x.shape[1] != self.num_frames:
+            raise ValueError(
+                f"spatial_temporal attention is built for {self.num_frames} RGB frames, "
+                f"got {x.shape[1]}"
+            )
+        dtype = self.dtype or jnp.float32
+        conv = partial(Conv, 1, kind="spatial", use_bias=True, dtype=dtype)
+        s = nn.relu(conv(kernel_size=3, name="conv_ch_compress")(x.astype(dtype)))
+        s = conv(kernel_size=7, name="conv_sptial_attention")(s)
+        spatial = nn.sigmoid(s.astype(jnp.float32))
+        dense = dict(use_bias=False, kernel_init=nn.initializers.normal(0.01))
+        t = jnp.mean(spatial[..., 0], axis=(2, 3))
+        t = nn.relu(nn.Dense(self.num_frames, name="fc1", **dense)(t))
+        temporal = nn.sigmoid(nn.Dense(self.num_frames, name="fc2", **dense)(t))
+        return (spatial * temporal[:, :, None, None, None]).astype(dtype)

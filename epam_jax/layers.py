@@ -1,0 +1,249 @@
+"""Building blocks of EPAM-Net in NDHWC, written for speed on XLA.
+
+Every kernel in EPAM-Net has a temporal size of 1, so frames are folded into
+the batch wherever only spatial kernels run: 1x1x1 convolutions are matrix
+products over the channel axis and the (1, 3, 3) depthwise convolution is nine
+shifted multiply-adds (XLA:CPU's grouped convolution is far slower). Kernels
+keep the shapes of ``flax.linen.Conv`` so checkpoints read naturally:
+``(1, kh, kw, in // groups, out)``.
+
+``BatchNorm`` matches ``torch.nn.BatchNorm3d``: biased variance to normalise,
+unbiased variance in the running estimate. In eval it can be folded into the
+preceding convolution (``ConvBN``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+
+# torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'), untruncated.
+kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def temporal_shift(x: Array, fold_div: int) -> Array:
+    """Temporal Shift Module on (N, T, H, W, C), zero filled.
+
+    Channels ``[0, fold)`` take frame t+1, ``[fold, 2 * fold)`` take frame t-1,
+    the rest stay, with ``fold = C // fold_div``.
+    """
+    fold = x.shape[-1] // fold_div
+    if fold == 0:
+        return x
+    zero = jnp.zeros_like(x[:, :1, ..., :fold])
+    future = jnp.concatenate([x[:, 1:, ..., :fold], zero], axis=1)
+    past = jnp.concatenate([zero, x[:, :-1, ..., fold : 2 * fold]], axis=1)
+    return jnp.concatenate([future, past, x[..., 2 * fold :]], axis=-1)
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over every axis but the last, with PyTorch's statistics.
+
+    ``momentum`` follows flax: ``running = momentum * running + (1 - momentum) *
+    batch``, so PyTorch's 0.1 is 0.9 here. Statistics are computed in float32
+    whatever the compute ``dtype``. Under ``jit`` with a sharded batch the mean
+    is already global; under ``pmap`` pass ``axis_name`` for cross-replica
+    statistics (what SyncBatchNorm does).
+    """
+
+    features: int
+    use_running_average: bool = True
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    scale_init: Callable[..., Array] = nn.initializers.ones
+    axis_name: str | None = None
+    dtype: Dtype | None = None
+
+    def setup(self):
+        shape = (self.features,)
+        self.scale = self.param("scale", self.scale_init, shape, jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros, shape, jnp.float32)
+        self.mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        self.var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+
+    def affine(self) -> tuple[Array, Array]:
+        """Eval-mode ``(multiplier, offset)`` with ``bn(y) = y * multiplier + offset``."""
+        mult = self.scale * lax.rsqrt(self.var.value + self.epsilon)
+        return mult, self.bias - self.mean.value * mult
+
+    def __call__(self, x: Array) -> Array:
+        dtype = self.dtype or x.dtype
+        if self.use_running_average:
+            mult, offset = self.affine()
+            return (x * mult.astype(dtype) + offset.astype(dtype)).astype(dtype)
+        axes = tuple(range(x.ndim - 1))
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axes)
+        if self.axis_name is not None:
+            mean = lax.pmean(mean, self.axis_name)
+        var = jnp.mean(jnp.square(xf - mean), axes)
+        count = x.size // x.shape[-1]
+        if self.axis_name is not None:
+            var = lax.pmean(var, self.axis_name)
+            count = count * lax.psum(1, self.axis_name)
+        if not self.is_initializing():
+            unbiased = var * (count / jnp.maximum(count - 1, 1))
+            m = self.momentum
+            self.mean.value = m * self.mean.value + (1.0 - m) * mean
+            self.var.value = m * self.var.value + (1.0 - m) * unbiased
+        mult = self.scale * lax.rsqrt(var + self.epsilon)
+        y = (xf - mean) * mult + self.bias
+        return y.astype(dtype)
+
+
+def pointwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
+    """1x1x1 convolution as a matrix product; ``kernel`` is (1, 1, 1, cin, cout)."""
+    if stride != 1:
+        x = x[:, :, ::stride, ::stride, :]
+    return jnp.dot(x, kernel.reshape(kernel.shape[-2:]))
+
+
+def depthwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
+    """(1, 3, 3)-style depthwise convolution, padding k // 2, as shifted multiply-adds.
+
+    ``kernel`` is (1, kh, kw, 1, C). Nine strided slices of the padded input,
+    each scaled per channel and summed: faster than a grouped convolution on
+    XLA:CPU and no slower elsewhere.
+    """
+    _, kh, kw, _, c = kernel.shape
+    n, t, h, w, _ = x.shape
+    ph, pw = kh // 2, kw // 2
+    ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw), (0, 0)))
+    k = kernel.reshape(kh, kw, c)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = lax.slice(
+                xp,
+                (0, 0, i, j, 0),
+                (n, t, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                (1, 1, stride, stride, 1),
+            )
+            term = tap * k[i, j]
+            out = term if out is None else out + term
+    return out
+
+
+def spatial_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
+    """Dense (1, kh, kw) convolution with 'same'-style padding k // 2, frames folded."""
+    _, kh, kw, cin, cout = kernel.shape
+    n, t, h, w, _ = x.shape
+    y = lax.conv_general_dilated(
+        x.reshape(n * t, h, w, cin),
+        kernel.reshape(kh, kw, cin, cout),
+        window_strides=(stride, stride),
+        padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y.reshape(n, t, *y.shape[1:])
+
+
+_CONV_FNS = {"pointwise": pointwise_conv, "depthwise": depthwise_conv, "spatial": spatial_conv}
+
+
+class Conv(nn.Module):
+    """A bias-optional convolution with temporal kernel 1 on (N, T, H, W, C).
+
+    ``kind`` picks the kernel: 'pointwise' (1x1x1), 'depthwise' (1 x k x k, one
+    filter per channel) or 'spatial' (dense 1 x k x k). ``bias`` adds a bias
+    parameter; ``fold`` multiplies the kernel per output channel and adds an
+    offset (BatchNorm folded in eval).
+    """
+
+    features: int
+    kind: str = "pointwise"
+    kernel_size: int = 1
+    stride: int = 1
+    use_bias: bool = False
+    dtype: Dtype | None = None
+    kernel_init: Callable[..., Array] = kaiming_fan_out
+
+    @nn.compact
+    def __call__(self, x: Array, fold: tuple[Array, Array] | None = None) -> Array:
+        cin = x.shape[-1]
+        k = self.kernel_size
+        if self.kind == "pointwise":
+            shape = (1, 1, 1, cin, self.features)
+        elif self.kind == "depthwise":
+            if cin != self.features:
+                raise ValueError(f"depthwise conv needs {self.features} input channels, got {cin}")
+            shape = (1, k, k, 1, self.features)
+        else:
+            shape = (1, k, k, cin, self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        offset = None
+        if self.use_bias:
+            offset = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        if fold is not None:
+            mult, shift = fold
+            kernel = kernel * mult
+            offset = shift if offset is None else offset * mult + shift
+        dtype = self.dtype or x.dtype
+        y = _CONV_FNS[self.kind](x.astype(dtype), kernel.astype(dtype), self.stride)
+        if offset is not None:
+            y = y + offset.astype(dtype)
+        return y
+
+
+class ConvBN(nn.Module):
+    """``conv`` then ``bn`` then an optional ReLU: mmcv's ConvModule, names kept.
+
+    In eval the BatchNorm is folded into the convolution's kernel and bias.
+    """
+
+    features: int
+    norm: Callable[..., BatchNorm]
+    kind: str = "pointwise"
+    kernel_size: int = 1
+    stride: int = 1
+    relu: bool = False
+    zero_init_gamma: bool = False
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        conv = Conv(
+            self.features, self.kind, self.kernel_size, self.stride, dtype=self.dtype, name="conv"
+        )
+        scale_init = nn.initializers.zeros if self.zero_init_gamma else nn.initializers.ones
+        bn = self.norm(self.features, scale_init=scale_init, name="bn")
+        if bn.use_running_average:
+            y = conv(x, fold=bn.affine())
+        else:
+            y = bn(conv(x))
+        return nn.relu(y) if self.relu else y
+
+
+def round_width(width: float, divisor: int = 8, min_width: int = 8) -> int:
+    """X3D's channel rounding: the nearest multiple of ``divisor`` (at least 90%)."""
+    out = max(min_width, int(width + divisor / 2) // divisor * divisor)
+    if out < 0.9 * width:
+        out += divisor
+    return int(out)
+
+
+class SEModule(nn.Module):
+    """Squeeze-excitation over (T, H, W) with 1x1x1 convs ``fc1`` and ``fc2``."""
+
+    channels: int
+    reduction: float = 1.0 / 16
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        hidden = round_width(self.channels * self.reduction)
+        conv = partial(Conv, kind="pointwise", use_bias=True, dtype=self.dtype)
+        s = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3), keepdims=True).astype(x.dtype)
+        s = nn.relu(conv(hidden, name="fc1")(s))
+        s = nn.sigmoid(conv(self.channels, name="fc2")(s))
+        return x * s

@@ -1,0 +1,223 @@
+"""Top-level models: the two-stream backbone, the full EPAM-Net, single streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from epam_jax.attention import (
+    ATTENTION_TYPES,
+    CBAMSpatialEfficientTemporal,
+    SpatialTemporalAttention,
+)
+from epam_jax.streams import X3DTemporalShift, X3DTemporalShiftPose, check_clip
+
+Array = jax.Array
+Dtype = Any
+
+FUSIONS = ("multiply", "residual")
+STREAMS = ("rgb", "pose")
+
+
+class I3DHead(nn.Module):
+    """Global average pool over (T, H, W), dropout, ``fc_cls``; float32 logits."""
+
+    num_classes: int
+    dropout_ratio: float = 0.5
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+        x = nn.Dropout(self.dropout_ratio, deterministic=not train)(x)
+        logits = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.normal(0.01),
+            name="fc_cls",
+        )(x)
+        return logits.astype(jnp.float32)
+
+
+def make_stream(
+    stream: str, *, dtype: Dtype, remat: bool, bn_axis_name: str | None, name: str | None = None
+):
+    """The RGB or pose X-ShiftNet stream (``name`` only outside ``setup``)."""
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+    cls = X3DTemporalShift if stream == "rgb" else X3DTemporalShiftPose
+    return cls(dtype=dtype, remat=remat, bn_axis_name=bn_axis_name, name=name)
+
+
+def make_attention(attention_type: str, *, dtype: Dtype, bn_axis_name: str | None):
+    if attention_type == "CBAM_spatial_efficient_temporal":
+        return CBAMSpatialEfficientTemporal(bn_axis_name=bn_axis_name, dtype=dtype)
+    if attention_type == "spatial_temporal":
+        return SpatialTemporalAttention(dtype=dtype)
+    raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
+
+
+class _TwoStream(nn.Module):
+    """Shared body of EPAMBackbone and EPAMNet: streams, alignment and attention."""
+
+    attention_type: str = "CBAM_spatial_efficient_temporal"
+    freeze_rgb: bool = False
+    freeze_pose: bool = False
+    remat: bool = False
+    bn_axis_name: str | None = None
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, remat=self.remat, bn_axis_name=self.bn_axis_name)
+        self.rgb_backbone = make_stream("rgb", **kw)
+        self.pose_backbone = make_stream("pose", **kw)
+        self.attention_module = make_attention(
+            self.attention_type, dtype=self.dtype, bn_axis_name=self.bn_axis_name
+        )
+
+    def check_inputs(self, rgb: Array, pose: Array) -> int:
+        """Validate the pair of clips; return the pose-to-RGB frame stride."""
+        check_clip(rgb, self.rgb_backbone.in_channels, "rgb clip")
+        check_clip(pose, self.pose_backbone.in_channels, "pose heatmaps")
+        if rgb.shape[0] != pose.shape[0]:
+            raise ValueError(
+                f"rgb and pose batch sizes differ: {rgb.shape[0]} vs {pose.shape[0]}"
+            )
+        t_rgb, t_pose = rgb.shape[1], pose.shape[1]
+        if t_pose % t_rgb:
+            raise ValueError(
+                f"pose frames must be an integer multiple of rgb frames, got {t_pose} pose "
+                f"frames for {t_rgb} rgb frames (the original uses 48 and 16)"
+            )
+        rgb_grid = self.rgb_backbone.output_size(*rgb.shape[2:4])
+        pose_grid = self.pose_backbone.output_size(*pose.shape[2:4])
+        if rgb_grid != pose_grid:
+            raise ValueError(
+                f"the two streams' feature grids differ: rgb {tuple(rgb.shape[2:4])} gives "
+                f"{rgb_grid}, pose {tuple(pose.shape[2:4])} gives {pose_grid}; the rgb "
+                f"side must be 4x the pose side (224x224 with 56x56)"
+            )
+        return t_pose // t_rgb
+
+    def features(self, rgb: Array, pose: Array, train: bool) -> tuple[Array, Array, Array]:
+        """``(rgb_features, pose_features, attention)`` for a pair of clips."""
+        stride = self.check_inputs(rgb, pose)
+        rgb_feats = self.rgb_backbone(rgb, train=train and not self.freeze_rgb)
+        if self.freeze_rgb:
+            rgb_feats = jax.lax.stop_gradient(rgb_feats)
+        pose_feats = self.pose_backbone(pose, train=train and not self.freeze_pose)
+        if self.freeze_pose:
+            pose_feats = jax.lax.stop_gradient(pose_feats)
+        aligned = pose_feats[:, ::stride][:, : rgb.shape[1]]
+        attention = self.attention_module(aligned, train=train)
+        return rgb_feats, pose_feats, attention
+
+
+class EPAMBackbone(_TwoStream):
+    """EPAM-Net as a two-stream feature extractor (the standalone backbone).
+
+    ``apply(variables, rgb, pose, train=False, return_attention=False)`` with
+    rgb (N, 16, 224, 224, 3) and pose heatmaps (N, 48, 56, 56, 17) returns
+    ``(rgb_features * attention, pose_features)``, shapes (N, 16, 7, 7, 432)
+    and (N, 48, 7, 7, 216), plus the (N, 16, 7, 7, 1) attention map when asked.
+    ``fusion='residual'`` gives ``rgb + rgb * attention`` (what EPAM-Net's RGB
+    head sees). ``num_classes`` does not change the features.
+    """
+
+    num_classes: int = 60
+    fusion: str = "multiply"
+    return_both_streams: bool = True
+
+    def __call__(
+        self, rgb: Array, pose: Array, *, train: bool = False, return_attention: bool = False
+    ):
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        rgb_feats, pose_feats, attention = self.features(rgb, pose, train)
+        fused = rgb_feats * attention
+        if self.fusion == "residual":
+            fused = rgb_feats + fused
+        out = (fused, pose_feats) if self.return_both_streams else (fused,)
+        if return_attention:
+            out = out + (attention,)
+        return out if len(out) > 1 else out[0]
+
+
+class EPAMNet(_TwoStream):
+    """The full EPAM-Net: ``apply(v, rgb, pose, train=False) -> (rgb_logits, pose_logits)``.
+
+    The fused prediction is ``rgb_logits + pose_logits``. Training needs a
+    'dropout' rng and ``mutable=['batch_stats']``.
+    """
+
+    num_classes: int = 60
+    dropout_ratio: float = 0.5
+
+    def setup(self):
+        super().setup()
+        self.rgb_cls_head = I3DHead(self.num_classes, self.dropout_ratio, dtype=self.dtype)
+        self.pose_cls_head = I3DHead(self.num_classes, self.dropout_ratio, dtype=self.dtype)
+
+    def __call__(
+        self, rgb: Array, pose: Array, *, train: bool = False, return_attention: bool = False
+    ):
+        rgb_feats, pose_feats, attention = self.features(rgb, pose, train)
+        rgb_logits = self.rgb_cls_head(rgb_feats + rgb_feats * attention, train=train)
+        pose_logits = self.pose_cls_head(pose_feats, train=train)
+        if return_attention:
+            return rgb_logits, pose_logits, attention
+        return rgb_logits, pose_logits
+
+
+class SingleStreamNet(nn.Module):
+    """One stream with its I3D head: the paper's pre-training step.
+
+    Children are named ``{stream}_backbone`` and ``{stream}_cls_head`` so the
+    variables drop into EPAMNet's tree as they are.
+    """
+
+    stream: str = "rgb"
+    num_classes: int = 60
+    dropout_ratio: float = 0.5
+    remat: bool = False
+    bn_axis_name: str | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        backbone = make_stream(
+            self.stream,
+            dtype=self.dtype,
+            remat=self.remat,
+            bn_axis_name=self.bn_axis_name,
+            name=f"{self.stream}_backbone",
+        )
+        head = I3DHead(
+            self.num_classes, self.dropout_ratio, dtype=self.dtype, name=f"{self.stream}_cls_head"
+        )
+        return head(backbone(x, train=train), train=train)
+
+
+def dummy_inputs(model: nn.Module, batch: int = 1) -> tuple[Array, ...]:
+    """The smallest valid inputs for ``model``: enough to build its variables.
+
+    Parameter shapes do not depend on clip size, so ``init`` on these is cheap.
+    """
+    rgb = jnp.zeros((batch, 16, 32, 32, 3), jnp.float32)
+    pose = jnp.zeros((batch, 16, 8, 8, 17), jnp.float32)
+    if isinstance(model, SingleStreamNet):
+        return (rgb,) if model.stream == "rgb" else (pose,)
+    return rgb, pose
+
+
+def init_variables(model: nn.Module, rng: jax.Array) -> dict:
+    """``{'params', 'batch_stats'}`` of ``model``, initialised as the original."""
+    return jax.jit(model.init)(rng, *dummy_inputs(model))
+
+
+def variable_shapes(model: nn.Module) -> dict:
+    """``jax.eval_shape`` of ``model.init``: the variable tree without computing it."""
+    return jax.eval_shape(model.init, jax.random.key(0), *dummy_inputs(model))
