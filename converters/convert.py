@@ -71,7 +71,7 @@ def _conv_bn(tk: str, fp: tuple[str, ...]) -> list[Entry]:
 
 def _stream_entries(stream: X3DStream, tk: str, fp: tuple[str, ...]) -> list[Entry]:
     entries = _conv_bn(f"{tk}.conv1_s", fp + ("conv1_s",))
-    for i, (blocks, width) in enumerate(zip(stream.stage_blocks, stream.stage_widths), start=1):
+    for i, blocks in enumerate(stream.stage_blocks, start=1):
         for j in range(blocks):
             bt, bf = f"{tk}.layer{i}.{j}", fp + (f"layer{i}", str(j))
             for name in ("conv1", "conv2", "conv3"):
@@ -478,7 +478,7 @@ def from_single_stream_checkpoints(
     variables = jax.device_get(init_variables(target, rng if rng is not None
                                               else jax.random.key(0)))
     variables = {col: dict(tree) for col, tree in variables.items()}
-    for stream, v in streams.items():
+    for v in streams.values():
         for col in ("params", "batch_stats"):
             for name, tree in v.get(col, {}).items():
                 if model == "backbone" and name.endswith("_cls_head"):

@@ -144,7 +144,8 @@ class X3DStream(nn.Module):
             name="conv1_s",
         )(x.astype(dtype))
         stage_cls = nn.remat(X3DStage, static_argnums=(2,)) if self.remat else X3DStage
-        for i, (blocks, width) in enumerate(zip(self.stage_blocks, self.stage_widths), start=1):
+        stages = zip(self.stage_blocks, self.stage_widths, strict=True)
+        for i, (blocks, width) in enumerate(stages, start=1):
             x = stage_cls(
                 blocks,
                 int(width * self.bottleneck_factor),
