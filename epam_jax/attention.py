@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from epam_jax.layers import BatchNorm, Conv, ConvBN, kaiming_fan_out
+from epam_jax.layers import BatchNorm, Conv, ConvBN, kaiming_fan_out, stats_dtype
 
 Array = jax.Array
 Dtype = Any
@@ -23,7 +23,7 @@ def temporal_conv1d(x: Array, kernel: Array) -> Array:
     k = kernel.shape[0]
     y = lax.conv_general_dilated(
         x[:, :, None],
-        kernel,
+        kernel.astype(x.dtype),
         window_strides=(1,),
         padding=((k // 2, k // 2),),
         dimension_numbers=("NWC", "WIO", "NWC"),
@@ -62,7 +62,7 @@ class CBAMSpatialEfficientTemporal(nn.Module):
         spatial = ConvBN(
             1, norm=norm, kind="spatial", kernel_size=7, dtype=dtype, name="spatial"
         )(pooled)
-        spatial = nn.sigmoid(spatial.astype(jnp.float32))
+        spatial = nn.sigmoid(spatial.astype(stats_dtype(spatial)))
         kernel = self.param("conv_temporal_attention", kaiming_fan_out, (7, 1, 1), jnp.float32)
         temporal = nn.sigmoid(temporal_conv1d(jnp.mean(spatial[..., 0], axis=(2, 3)), kernel))
         return (spatial * temporal[:, :, None, None, None]).astype(dtype)
@@ -89,7 +89,7 @@ class SpatialTemporalAttention(nn.Module):
         conv = partial(Conv, 1, kind="spatial", use_bias=True, dtype=dtype)
         s = nn.relu(conv(kernel_size=3, name="conv_ch_compress")(x.astype(dtype)))
         s = conv(kernel_size=7, name="conv_sptial_attention")(s)
-        spatial = nn.sigmoid(s.astype(jnp.float32))
+        spatial = nn.sigmoid(s.astype(stats_dtype(s)))
         dense = dict(use_bias=False, kernel_init=nn.initializers.normal(0.01))
         t = jnp.mean(spatial[..., 0], axis=(2, 3))
         t = nn.relu(nn.Dense(self.num_frames, name="fc1", **dense)(t))

@@ -30,6 +30,11 @@ Dtype = Any
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def stats_dtype(x: Array) -> Dtype:
+    """float32 for half precision inputs, else the input's own float type."""
+    return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def temporal_shift(x: Array, fold_div: int) -> Array:
     """Temporal Shift Module on (N, T, H, W, C), zero filled.
 
@@ -50,7 +55,7 @@ class BatchNorm(nn.Module):
 
     ``momentum`` follows flax: ``running = momentum * running + (1 - momentum) *
     batch``, so PyTorch's 0.1 is 0.9 here. Statistics are computed in float32
-    whatever the compute ``dtype``. Under ``jit`` with a sharded batch the mean
+    (or wider) whatever the compute ``dtype``. Under ``jit`` with a sharded batch the mean
     is already global; under ``pmap`` pass ``axis_name`` for cross-replica
     statistics (what SyncBatchNorm does).
     """
@@ -81,7 +86,7 @@ class BatchNorm(nn.Module):
             mult, offset = self.affine()
             return (x * mult.astype(dtype) + offset.astype(dtype)).astype(dtype)
         axes = tuple(range(x.ndim - 1))
-        xf = x.astype(jnp.float32)
+        xf = x.astype(stats_dtype(x))
         mean = jnp.mean(xf, axes)
         if self.axis_name is not None:
             mean = lax.pmean(mean, self.axis_name)
@@ -243,7 +248,7 @@ class SEModule(nn.Module):
     def __call__(self, x: Array) -> Array:
         hidden = round_width(self.channels * self.reduction)
         conv = partial(Conv, kind="pointwise", use_bias=True, dtype=self.dtype)
-        s = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3), keepdims=True).astype(x.dtype)
+        s = jnp.mean(x.astype(stats_dtype(x)), axis=(1, 2, 3), keepdims=True).astype(x.dtype)
         s = nn.relu(conv(hidden, name="fc1")(s))
         s = nn.sigmoid(conv(self.channels, name="fc2")(s))
         return x * s

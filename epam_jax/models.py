@@ -13,6 +13,7 @@ from epam_jax.attention import (
     CBAMSpatialEfficientTemporal,
     SpatialTemporalAttention,
 )
+from epam_jax.layers import stats_dtype
 from epam_jax.streams import X3DTemporalShift, X3DTemporalShiftPose, check_clip
 
 Array = jax.Array
@@ -23,7 +24,7 @@ STREAMS = ("rgb", "pose")
 
 
 class I3DHead(nn.Module):
-    """Global average pool over (T, H, W), dropout, ``fc_cls``; float32 logits."""
+    """Global average pool over (T, H, W), dropout, ``fc_cls``; float32 (or wider) logits."""
 
     num_classes: int
     dropout_ratio: float = 0.5
@@ -31,7 +32,7 @@ class I3DHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
-        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+        x = jnp.mean(x.astype(stats_dtype(x)), axis=(1, 2, 3))
         x = nn.Dropout(self.dropout_ratio, deterministic=not train)(x)
         logits = nn.Dense(
             self.num_classes,
@@ -39,7 +40,7 @@ class I3DHead(nn.Module):
             kernel_init=nn.initializers.normal(0.01),
             name="fc_cls",
         )(x)
-        return logits.astype(jnp.float32)
+        return logits.astype(stats_dtype(logits))
 
 
 def make_stream(
