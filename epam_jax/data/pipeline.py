@@ -1,0 +1,146 @@
+"""One sample of the original pipeline: annotation (+ video) -> model inputs.
+
+Order as in the original: sample 48 pose frame indices, decode the RGB frames at every
+3rd of them, keypoint NaN -> 0, compact box, resize to 56x56, (train) flip RGB and
+keypoints together, heatmaps, RGB normalisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from epam_jax.data.heatmaps import generate_heatmaps, pack_keypoints
+from epam_jax.data.sampling import rgb_indices, uniform_sample_indices
+from epam_jax.data.transforms import (
+    compact_keypoints,
+    flip_frames,
+    flip_keypoints,
+    normalize_rgb,
+    resize_keypoints,
+)
+from epam_jax.data.video import load_frames
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """What a sample holds and how it is made; defaults are the paper's settings.
+
+    ``pose``: 'heatmap' gives (T, H, W, C) heatmaps made on the host, 'keypoint' gives
+    (num_persons, T, 17, 3) = (x, y, score) in heatmap pixels for drawing heatmaps on the
+    accelerator (absent persons have score -1), None leaves the pose stream out.
+    ``video_root``/``video_ext``: a sample's video is ``video_root / filename`` when its
+    annotation has 'filename', else ``video_root / (frame_dir + video_ext)``; a directory
+    there is read as a frame folder. ``clamp_frames`` repeats the last frame of a video
+    shorter than the annotation's ``total_frames`` instead of failing.
+    """
+
+    clip_len: int = 48
+    rgb_stride: int = 3
+    rgb: bool = True
+    rgb_size: tuple[int, int] = (224, 224)
+    pose: Literal["heatmap", "keypoint"] | None = "heatmap"
+    heatmap_size: tuple[int, int] = (56, 56)
+    sigma: float = 0.6
+    use_score: bool = True
+    with_kp: bool = True
+    with_limb: bool = False
+    num_persons: int = 2
+    flip_prob: float = 0.5
+    compact_padding: float = 0.25
+    compact_threshold: float = 10.0
+    compact_hw_ratio: float | None = 1.0
+    compact_clip: bool = True
+    video_root: str | None = None
+    video_ext: str = ".mp4"
+    clamp_frames: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pose not in ("heatmap", "keypoint", None):
+            raise ValueError(f"expected pose in ('heatmap', 'keypoint', None), got {self.pose!r}")
+        if not self.rgb and self.pose is None:
+            raise ValueError("expected at least one stream: rgb=True or pose set")
+        if self.clip_len <= 0 or self.rgb_stride <= 0 or self.num_persons <= 0:
+            raise ValueError("expected clip_len, rgb_stride and num_persons > 0")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"expected 0 <= flip_prob <= 1, got {self.flip_prob}")
+        if self.rgb and self.video_root is None:
+            raise ValueError("rgb=True needs video_root (the folder holding the videos)")
+
+    @property
+    def num_channels(self) -> int:
+        """Heatmap channels: 17 keypoints and/or 17 limbs."""
+        return 17 * (int(self.with_kp) + int(self.with_limb))
+
+
+def video_path(ann: dict[str, Any], config: ClipConfig) -> Path:
+    """Where a sample's video file or frame folder lives."""
+    if config.video_root is None:
+        raise ValueError("config.video_root is not set")
+    name = ann.get("filename") or f"{ann['frame_dir']}{config.video_ext}"
+    return Path(config.video_root) / os.fspath(name)
+
+
+def make_sample(
+    ann: dict[str, Any],
+    config: ClipConfig,
+    train: bool,
+    rng: np.random.Generator | np.random.RandomState | None = None,
+) -> dict[str, np.ndarray]:
+    """Model inputs for one validated annotation: 'rgb' (16, 224, 224, 3) float32
+    normalised, 'heatmap' (48, 56, 56, C) or 'keypoint' (P, 48, 17, 3), 'label' int32.
+
+    Train mode samples frames at random and flips with ``flip_prob``; test mode is
+    deterministic (rng unused)."""
+    if train and rng is None:
+        rng = np.random.default_rng()
+    inds = uniform_sample_indices(ann["total_frames"], config.clip_len, not train, rng)
+    flip = bool(train and _uniform(rng) < config.flip_prob)
+    out: dict[str, np.ndarray] = {"label": np.int32(ann["label"])}
+    if config.rgb:
+        frames = load_frames(
+            video_path(ann, config),
+            rgb_indices(inds, config.rgb_stride),
+            config.rgb_size,
+            clamp=config.clamp_frames,
+        )
+        if flip:
+            frames = flip_frames(frames)
+        out["rgb"] = normalize_rgb(frames)
+    if config.pose is not None:
+        kp = ann["keypoint"][:, inds]
+        score = ann["keypoint_score"][:, inds]
+        kp, shape = compact_keypoints(
+            kp,
+            ann["img_shape"],
+            padding=config.compact_padding,
+            threshold=config.compact_threshold,
+            hw_ratio=config.compact_hw_ratio,
+            clip_to_image=config.compact_clip,
+        )
+        kp = resize_keypoints(kp, shape, config.heatmap_size)
+        if flip:
+            kp, score = flip_keypoints(kp, score, config.heatmap_size[1])
+        if config.pose == "heatmap":
+            out["heatmap"] = generate_heatmaps(
+                kp,
+                score,
+                config.heatmap_size,
+                sigma=config.sigma,
+                use_score=config.use_score,
+                with_kp=config.with_kp,
+                with_limb=config.with_limb,
+            )
+        else:
+            out["keypoint"] = pack_keypoints(kp, score, config.num_persons)
+    return out
+
+
+def _uniform(rng: np.random.Generator | np.random.RandomState | None) -> float:
+    if rng is None:
+        raise ValueError("train mode needs an rng")
+    return float(rng.random() if isinstance(rng, np.random.Generator) else rng.random_sample())

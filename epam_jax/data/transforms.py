@@ -1,0 +1,130 @@
+"""Keypoint and RGB transforms of the original pipeline, as plain numpy functions.
+
+Arithmetic precision follows the original: keypoints stay float32, box extents are taken
+in float32 and the box itself is computed in float64, as numpy 1.x scalar arithmetic did.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# COCO-17: nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles (left first).
+COCO_LEFT = (1, 3, 5, 7, 9, 11, 13, 15)
+COCO_RIGHT = (2, 4, 6, 8, 10, 12, 14, 16)
+RGB_MEAN = (123.675, 116.28, 103.53)
+RGB_STD = (58.395, 57.12, 57.375)
+
+
+def _check_keypoint(keypoint: np.ndarray) -> np.ndarray:
+    kp = np.asarray(keypoint)
+    if kp.ndim < 2 or kp.shape[-1] != 2:
+        raise ValueError(f"expected keypoints of shape (..., 2) in pixels, got {kp.shape}")
+    return kp
+
+
+def nan_to_zero(keypoint: np.ndarray) -> np.ndarray:
+    """Copy of ``keypoint`` (float32) with NaN coordinates set to 0 (treated as missing)."""
+    kp = _check_keypoint(keypoint).astype(np.float32, copy=True)
+    kp[np.isnan(kp)] = 0.0
+    return kp
+
+
+def compact_keypoints(
+    keypoint: np.ndarray,
+    img_shape: tuple[int, int],
+    padding: float = 0.25,
+    threshold: float = 10.0,
+    hw_ratio: float | None = 1.0,
+    clip_to_image: bool = True,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Crop the keypoint frame to a padded box around all non-zero keypoints.
+
+    The box spans the extent of non-zero x and y coordinates, is widened by ``padding``
+    and made square (``hw_ratio`` = height/width), clipped to the image and truncated to
+    ints; non-zero coordinates are shifted into it. When either extent is below
+    ``threshold`` pixels the keypoints and shape are returned unchanged.
+    Returns (keypoint float32, new img_shape (h, w)).
+    """
+    kp = nan_to_zero(keypoint)
+    h, w = (int(v) for v in img_shape)
+    xs, ys = kp[..., 0], kp[..., 1]
+    nz_x, nz_y = xs[xs != 0], ys[ys != 0]
+    if nz_x.size == 0 or nz_y.size == 0:
+        return kp, (h, w)
+    min_x, max_x = np.float32(nz_x.min()), np.float32(nz_x.max())
+    min_y, max_y = np.float32(nz_y.min()), np.float32(nz_y.max())
+    if max_x - min_x < threshold or max_y - min_y < threshold:
+        return kp, (h, w)
+    cx = float((max_x + min_x) / np.float32(2))
+    cy = float((max_y + min_y) / np.float32(2))
+    half_w = float((max_x - min_x) / np.float32(2)) * (1 + padding)
+    half_h = float((max_y - min_y) / np.float32(2)) * (1 + padding)
+    if hw_ratio is not None:
+        half_h = max(hw_ratio * half_w, half_h)
+        half_w = max(1 / hw_ratio * half_h, half_w)
+    x0, x1, y0, y1 = cx - half_w, cx + half_w, cy - half_h, cy + half_h
+    if clip_to_image:
+        x0, y0, x1, y1 = int(max(0.0, x0)), int(max(0.0, y0)), int(min(w, x1)), int(min(h, y1))
+    else:
+        x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+    xs[xs != 0] -= x0
+    ys[ys != 0] -= y0
+    return kp, (y1 - y0, x1 - x0)
+
+
+def resize_keypoints(
+    keypoint: np.ndarray, img_shape: tuple[int, int], size: tuple[int, int] = (56, 56)
+) -> np.ndarray:
+    """Scale keypoints from an (h, w) frame to ``size`` = (h, w), ratio not kept."""
+    kp = _check_keypoint(keypoint)
+    h, w = img_shape
+    if h <= 0 or w <= 0:
+        raise ValueError(f"expected a positive img_shape, got {img_shape}")
+    scale = np.array([size[1] / w, size[0] / h], dtype=np.float32)
+    return (kp.astype(np.float32, copy=False) * scale).astype(np.float32, copy=False)
+
+
+def flip_keypoints(
+    keypoint: np.ndarray,
+    keypoint_score: np.ndarray | None,
+    width: float,
+    left: tuple[int, ...] = COCO_LEFT,
+    right: tuple[int, ...] = COCO_RIGHT,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mirror keypoints (M, T, V, 2) horizontally: x -> width - x for non-zero x, and swap
+    the left/right joints (and their scores)."""
+    kp = _check_keypoint(keypoint)
+    if kp.ndim != 4:
+        raise ValueError(f"expected keypoints of shape (M, T, V, 2), got {kp.shape}")
+    kp = kp.copy()
+    xs = kp[..., 0]
+    xs[xs != 0] = width - xs[xs != 0]
+    order = np.arange(kp.shape[2])
+    order[list(left)] = right
+    order[list(right)] = left
+    kp = kp[:, :, order]
+    if keypoint_score is not None:
+        keypoint_score = np.asarray(keypoint_score)[:, :, order]
+    return kp, keypoint_score
+
+
+def flip_frames(frames: np.ndarray) -> np.ndarray:
+    """Mirror frames (..., H, W, C) horizontally."""
+    frames = np.asarray(frames)
+    if frames.ndim < 3:
+        raise ValueError(f"expected frames of shape (..., H, W, C), got {frames.shape}")
+    return frames[..., ::-1, :]
+
+
+def normalize_rgb(
+    frames: np.ndarray,
+    mean: tuple[float, float, float] = RGB_MEAN,
+    std: tuple[float, float, float] = RGB_STD,
+) -> np.ndarray:
+    """(frames - mean) / std per RGB channel, as float32; frames are (..., 3) in [0, 255]."""
+    frames = np.asarray(frames)
+    if frames.shape[-1] != 3:
+        raise ValueError(f"expected RGB frames with 3 channels last, got {frames.shape}")
+    mean_a = np.asarray(mean, np.float32)
+    inv_std = (1.0 / np.asarray(std, np.float64)).astype(np.float32)
+    return (frames.astype(np.float32) - mean_a) * inv_std
