@@ -156,13 +156,14 @@ def validate_annotation(
     where = "annotation" if index is None else f"annotation {index}"
     if not isinstance(ann, Mapping):
         raise ValueError(f"{where}: expected a dict, got {type(ann).__name__}")
+    if isinstance(ann.get("frame_dir"), str):
+        where = f"{where} ({ann['frame_dir']!r})"
     missing = [k for k in REQUIRED_KEYS if k not in ann]
     if missing:
         raise ValueError(f"{where}: missing required key(s) {missing}; expected {REQUIRED_KEYS}")
     frame_dir = ann["frame_dir"]
     if not isinstance(frame_dir, str) or not frame_dir:
         raise ValueError(f"{where}: expected 'frame_dir' to be a non-empty str, got {frame_dir!r}")
-    where = f"{where} ({frame_dir!r})"
     out = dict(ann)
     label = _as_int(ann["label"], "'label'", where)
     if label < 0 or (num_classes is not None and label >= num_classes):
