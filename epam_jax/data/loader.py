@@ -120,6 +120,15 @@ class _MakeSample:
         return out
 
 
+def _ensure_flags_parsed() -> None:
+    # grain's worker processes read absl flags; outside an absl app nothing parses them,
+    # so take the defaults.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def _default_shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
     if shard_index is None or shard_count is None:
         import jax  # only needed for the process-based default
@@ -208,6 +217,7 @@ class ClipLoader:
         read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
         it_ds = ds.to_iter_dataset(read)
         if worker_count > 0:
+            _ensure_flags_parsed()
             it_ds = it_ds.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
