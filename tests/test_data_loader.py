@@ -164,14 +164,20 @@ def test_worker_processes_and_resume(dataset: Path) -> None:
                           prefetch=2)
 
     it = iter(loader())
-    first = next(it)
-    assert first["rgb"].shape == (2, 16, 32, 32, 3)
-    next(it)
-    state = it.get_state()
-    want = next(it)
+    try:
+        first = next(it)
+        assert first["rgb"].shape == (2, 16, 32, 32, 3)
+        next(it)
+        state = it.get_state()
+        want = next(it)
+    finally:
+        it.close()  # stop the worker processes now rather than at garbage collection
     resumed = iter(loader())
-    resumed.set_state(state)
-    got = next(resumed)
+    try:
+        resumed.set_state(state)
+        got = next(resumed)
+    finally:
+        resumed.close()
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
 

@@ -85,17 +85,21 @@ def _window_mask(a: jax.Array, b: jax.Array, lo: np.ndarray, hi: np.ndarray) -> 
 
 
 def _point_maps(x, y, v, present, h, w, sigma, lo_x, hi_x, lo_y, hi_y):
-    """Keypoint Gaussians of one person: x, y, v (..., T, C) -> (..., T, H, W, C)."""
+    """Keypoint Gaussians of one person: x, y, v (..., T, C) -> (..., T, H, W, C).
+
+    The Gaussian is separable, exp(-(dx^2 + dy^2) / 2s^2) = exp(-dx^2 / 2s^2) *
+    exp(-dy^2 / 2s^2), and so is the window, so only H + W exponentials are taken per map;
+    the product differs from the single exponential by a few float32 ulps (< 3e-7).
+    """
     xs = jnp.arange(w, dtype=jnp.float32)
     ys = jnp.arange(h, dtype=jnp.float32)
-    dx2, dy2 = _rounded((xs - x[..., None]) ** 2, (ys - y[..., None]) ** 2)  # (..., T, C, W|H)
-    mx = _window_mask(x, x, lo_x, hi_x)
-    my = _window_mask(y, y, lo_y, hi_y)
-    d2 = jnp.moveaxis(dx2, -2, -1)[..., None, :, :] + jnp.moveaxis(dy2, -2, -1)[..., :, None, :]
-    val = jnp.exp(-d2 / 2 / sigma**2) * v[..., None, None, :]
-    keep = jnp.moveaxis(mx, -2, -1)[..., None, :, :] & jnp.moveaxis(my, -2, -1)[..., :, None, :]
-    keep = keep & present[..., None, None, :]
-    return jnp.where(keep, val, 0.0)
+    gx = jnp.exp(-((xs - x[..., None]) ** 2) / 2 / sigma**2)  # (..., T, C, W)
+    gy = jnp.exp(-((ys - y[..., None]) ** 2) / 2 / sigma**2) * v[..., None]  # (..., T, C, H)
+    gx = jnp.where(_window_mask(x, x, lo_x, hi_x), gx, 0.0)
+    gy = jnp.where(_window_mask(y, y, lo_y, hi_y) & present[..., None], gy, 0.0)
+    gx = jnp.moveaxis(gx, -2, -1)  # (..., T, W, C)
+    gy = jnp.moveaxis(gy, -2, -1)  # (..., T, H, C)
+    return gy[..., :, None, :] * gx[..., None, :, :]
 
 
 def _limb_maps(kp, v, present, h, w, sigma, limbs, lo_x, hi_x, lo_y, hi_y):
