@@ -67,7 +67,6 @@ class _TrainOrder:
     offset: int
     seed: int
     length: int
-    shuffle: bool = True
 
     def __len__(self) -> int:
         return self.length
@@ -77,11 +76,7 @@ class _TrainOrder:
         if epoch not in cache:
             if len(cache) > 2:
                 cache.clear()
-            if self.shuffle:
-                rng = np.random.default_rng([self.seed, epoch])
-                cache[epoch] = rng.permutation(self.num_samples)
-            else:
-                cache[epoch] = np.arange(self.num_samples)
+            cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
         return cache[epoch]
 
     def __getitem__(self, j: int) -> tuple[int, float]:
