@@ -21,7 +21,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from epam_jax.data.annotations import load_annotations
+from epam_jax.data.annotations import load_annotations, parse_annotations
 from epam_jax.data.pipeline import ClipConfig, make_sample
 
 
@@ -40,7 +40,8 @@ class _Annotations:
         self._split = split
         self._num_classes = num_classes
         if self._path is None:
-            self._items: list[dict[str, Any]] | None = list(source)  # type: ignore[arg-type]
+            items = parse_annotations(list(source), split=split, num_classes=num_classes)
+            self._items: list[dict[str, Any]] | None = items
         else:
             self._items = load_annotations(self._path, split=split, num_classes=num_classes)
 
