@@ -326,7 +326,8 @@ def torch_to_flax(
             torch_shape = tuple(np.shape(state_dict[key]))
             misshapen.append(f"{key}: {torch_shape} (as Flax {value.shape}, expected {want})")
             continue
-        flat[(entry.collection,) + entry.path] = np.ascontiguousarray(value, dtype=np.float32)
+        # a copy: arrays from torch tensors share their memory, which torch may update
+        flat[(entry.collection,) + entry.path] = np.array(value, dtype=np.float32, order="C")
     problems = []
     for title, items in (("missing", missing), ("unexpected", unexpected),
                          ("wrongly shaped", misshapen)):
@@ -449,41 +450,49 @@ def from_single_stream_checkpoints(
     """Two-stream variables from the two single-stream pretrained checkpoints.
 
     The seed's ``rgb_pretrained`` / ``pose_pretrained``: each stream (and for
-    ``model='epam'`` its head) comes from its checkpoint, PyTorch ``.pth`` or
-    one of ours (a directory written by ``epam_jax.checkpoints``); what no
-    checkpoint provides (the attention, a missing stream) is initialised fresh
-    from ``rng`` as the original initialises it.
+    ``model='epam'`` its head) comes from its checkpoint, a PyTorch ``.pth`` or
+    an epam-jax checkpoint directory; what no checkpoint provides (always the
+    attention; a stream given as None) is initialised from ``rng`` as the
+    original initialises it. Only the missing components are initialised.
     """
     from epam_jax.checkpoints import load_variables
-    from epam_jax.models import init_variables
+    from epam_jax.models import dummy_inputs, make_attention
 
     _check_choice("model", model, ("backbone", "epam"))
-    streams = {}
+    _check_choice("attention_type", attention_type, ATTENTION_TYPES)
+    rng = jax.random.key(0) if rng is None else rng
+    rng_rgb, rng_pose, rng_att = jax.random.split(rng, 3)
+    parts = {}
     for stream, path in (("rgb", rgb_pretrained), ("pose", pose_pretrained)):
-        if path is None:
-            continue
-        if os.path.isdir(path):
-            streams[stream] = load_variables(path, expect_model=stream)
-        else:
-            streams[stream] = load_torch_checkpoint(path, stream, num_classes=num_classes)
+        if path is not None and os.path.isdir(path):
+            parts[stream] = load_variables(path, expect_model=stream)
+        elif path is not None:
+            parts[stream] = load_torch_checkpoint(path, stream, num_classes=num_classes)
+    classes = {int(np.shape(v["params"][f"{s}_cls_head"]["fc_cls"]["bias"])[0])
+               for s, v in parts.items()}
     if model == "epam":
-        classes = {int(v["params"][f"{s}_cls_head"]["fc_cls"]["bias"].shape[0])
-                   for s, v in streams.items()}
         if num_classes is not None:
             classes.add(num_classes)
         if len(classes) > 1:
-            raise ConversionError(f"the checkpoints' heads disagree on num_classes: {classes}")
-        num_classes = classes.pop() if classes else 60
-    target = build_model(model, num_classes or 60, attention_type)
-    variables = jax.device_get(init_variables(target, rng if rng is not None
-                                              else jax.random.key(0)))
-    variables = {col: dict(tree) for col, tree in variables.items()}
-    for v in streams.values():
-        for col in ("params", "batch_stats"):
-            for name, tree in v.get(col, {}).items():
-                if model == "backbone" and name.endswith("_cls_head"):
-                    continue
-                variables[col][name] = tree
+            raise ConversionError(
+                f"the checkpoints' heads disagree on the number of classes: {sorted(classes)}"
+            )
+    num_classes = num_classes or (classes.pop() if classes else 60)
+    for stream, key in (("rgb", rng_rgb), ("pose", rng_pose)):
+        if stream not in parts:
+            net = SingleStreamNet(stream=stream, num_classes=num_classes)
+            parts[stream] = jax.jit(net.init)(key, *dummy_inputs(net))
+    attention = make_attention(attention_type, dtype=np.float32, bn_axis_name=None)
+    pose_features = np.zeros((1, 16, 7, 7, X3DTemporalShiftPose().head_channels), np.float32)
+    parts["attention"] = {"params": {}, "batch_stats": {}}
+    for col, tree in jax.jit(attention.init)(rng_att, pose_features).items():
+        parts["attention"][col] = {"attention_module": tree}
+    variables: dict[str, dict] = {"params": {}, "batch_stats": {}}
+    for part in parts.values():
+        for col in variables:
+            for name, tree in part.get(col, {}).items():
+                if not (model == "backbone" and name.endswith("_cls_head")):
+                    variables[col][name] = jax.device_get(tree)
     return variables
 
 

@@ -18,6 +18,18 @@ Dtype = Any
 ATTENTION_TYPES = ("CBAM_spatial_efficient_temporal", "spatial_temporal")
 
 
+def channel_max(x: Array) -> Array:
+    """Max over the last axis, its gradient routed to the (first) arg-max.
+
+    ``jnp.max``'s gradient compares the input with the maximum; under ``jit``
+    XLA may recompute the input in another fusion with different rounding,
+    find no equal element and divide by zero. Gathering at the arg-max cannot
+    fail that way, and matches ``torch.max(x, dim)``'s backward.
+    """
+    index = jnp.argmax(x, axis=-1, keepdims=True)
+    return jnp.take_along_axis(x, index, axis=-1)
+
+
 def temporal_conv1d(x: Array, kernel: Array) -> Array:
     """1-channel Conv1d over time, zero padding k // 2: (N, T) x (k, 1, 1) -> (N, T)."""
     k = kernel.shape[0]
@@ -47,7 +59,7 @@ class CBAMSpatialEfficientTemporal(nn.Module):
         dtype = self.dtype or jnp.float32
         x = x.astype(dtype)
         pooled = jnp.concatenate(
-            [jnp.max(x, axis=-1, keepdims=True), jnp.mean(x, axis=-1, keepdims=True)], axis=-1
+            [channel_max(x), jnp.mean(x, axis=-1, keepdims=True)], axis=-1
         )
 
         def norm(features, **kw):
