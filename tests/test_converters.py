@@ -1,0 +1,201 @@
+"""Checkpoint conversion: containers, strictness, round trips, safety, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from converters import (  # noqa: E402
+    ConversionError,
+    flax_to_torch,
+    from_single_stream_checkpoints,
+    load_torch_checkpoint,
+    torch_to_flax,
+)
+from converters.reference import build_reference, randomize_  # noqa: E402
+from epam_jax.checkpoints import load_variables, save_variables  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_trees_equal(a, b) -> None:
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def epam_state():
+    return randomize_(build_reference("epam", num_classes=11), 5).state_dict()
+
+
+@pytest.fixture(scope="module")
+def epam_variables(epam_state):
+    return torch_to_flax(epam_state, "epam")
+
+
+@pytest.mark.parametrize(
+    "model,kw",
+    [("epam", {}), ("epam", {"attention_type": "spatial_temporal"}), ("backbone", {}),
+     ("rgb", {}), ("pose", {})],
+)
+def test_round_trip_is_exact(model, kw):
+    state = randomize_(build_reference(model, **kw), 6).state_dict()
+    variables = torch_to_flax(state, model)
+    back = flax_to_torch(variables, model)
+    assert set(back) == set(state)
+    for key, value in state.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(back[key], value), key
+    assert_trees_equal(torch_to_flax(back, model), variables)
+    # and the reference loads it strictly
+    build_reference(model, **kw).load_state_dict(back, strict=True)
+
+
+def test_containers_in_the_wild(tmp_path, epam_state, epam_variables):
+    ddp = {f"module.{k}": v for k, v in epam_state.items()}
+    files = {
+        "plain.pth": epam_state,
+        "trainer.pth": {"epoch": 3, "model_state_dict": ddp, "optimizer_state_dict": {}},
+        "mmaction.pth": {"meta": {"epoch": 3}, "state_dict": epam_state},
+    }
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+        assert_trees_equal(load_torch_checkpoint(tmp_path / name, "epam"), epam_variables)
+    # the two-stream backbone from a full checkpoint: the heads are left out
+    backbone = load_torch_checkpoint(tmp_path / "trainer.pth", "backbone")
+    assert set(backbone["params"]) == {"rgb_backbone", "pose_backbone", "attention_module"}
+    # a single stream from the trainer format (module.pose_backbone.*, pose_cls_head.*)
+    pose = load_torch_checkpoint(tmp_path / "trainer.pth", "pose")
+    assert_trees_equal(pose["params"]["pose_backbone"], epam_variables["params"]["pose_backbone"])
+
+
+def test_single_stream_mmaction_format(tmp_path):
+    ref = randomize_(build_reference("rgb", num_classes=11), 7)
+    torch.save({"meta": {}, "state_dict": ref.state_dict()}, tmp_path / "rgb.pth")
+    variables = load_torch_checkpoint(tmp_path / "rgb.pth", "rgb")
+    assert set(variables["params"]) == {"rgb_backbone", "rgb_cls_head"}
+    with pytest.raises(ConversionError, match="single-stream checkpoint"):
+        load_torch_checkpoint(tmp_path / "rgb.pth", "epam")
+
+
+def test_strict_errors_list_everything(epam_state):
+    state = dict(epam_state)
+    del state["rgb_backbone.layer2.3.conv1.bn.running_var"]
+    state["rgb_backbone.layer9.0.conv1.conv.weight"] = torch.zeros(3)
+    state["pose_backbone.conv5.conv.weight"] = torch.zeros(216, 96, 1, 1, 3)
+    with pytest.raises(ConversionError) as err:
+        torch_to_flax(state, "epam")
+    text = str(err.value)
+    assert "1 missing" in text and "rgb_backbone.layer2.3.conv1.bn.running_var" in text
+    assert "1 unexpected" in text and "rgb_backbone.layer9.0.conv1.conv.weight" in text
+    assert "1 wrongly shaped" in text and "pose_backbone.conv5.conv.weight" in text
+
+
+def test_wrong_num_classes_and_attention(epam_state):
+    with pytest.raises(ConversionError, match="num_classes=60 but .* 11 classes"):
+        torch_to_flax(epam_state, "epam", num_classes=60)
+    with pytest.raises(ConversionError, match="spatial_temporal"):
+        torch_to_flax(epam_state, "epam", attention_type="spatial_temporal")
+
+
+class _Payload:
+    """Unpickling this would run a shell command creating ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_refused(tmp_path, epam_state):
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": dict(epam_state), "extra": _Payload(marker)}, path)
+    with pytest.raises(ConversionError, match="refusing to load"):
+        load_torch_checkpoint(path, "epam")
+    assert not marker.exists()
+    # the command line refuses it too, and writes nothing
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "converters", str(path), str(out)],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2 and "refusing to load" in proc.stderr
+    assert not marker.exists() and not out.exists()
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(b"PK\x03\x04not really")
+    with pytest.raises(ConversionError, match="cannot read"):
+        load_torch_checkpoint(bad)
+    with pytest.raises(FileNotFoundError):
+        load_torch_checkpoint(tmp_path / "absent.pth")
+
+
+def test_orbax_files_and_single_stream_assembly(tmp_path):
+    rgb = randomize_(build_reference("rgb", num_classes=11), 8)
+    pose = randomize_(build_reference("pose", num_classes=11), 9)
+    torch.save({"meta": {}, "state_dict": rgb.state_dict()}, tmp_path / "rgb.pth")
+    pose_vars = torch_to_flax(pose.state_dict(), "pose")
+    save_variables(tmp_path / "pose_ckpt", pose_vars)
+    with pytest.raises(FileExistsError):
+        save_variables(tmp_path / "pose_ckpt", pose_vars)
+    assert_trees_equal(load_variables(tmp_path / "pose_ckpt"), pose_vars)
+    with pytest.raises(ValueError, match="'pose' checkpoint, expected 'rgb'"):
+        load_variables(tmp_path / "pose_ckpt", expect_model="rgb")
+
+    variables = from_single_stream_checkpoints(
+        tmp_path / "rgb.pth", tmp_path / "pose_ckpt", model="epam"
+    )
+    assert set(variables["params"]) == {
+        "rgb_backbone", "pose_backbone", "attention_module", "rgb_cls_head", "pose_cls_head"
+    }
+    assert_trees_equal(variables["params"]["pose_backbone"], pose_vars["params"]["pose_backbone"])
+    rgb_vars = torch_to_flax(rgb.state_dict(), "rgb")
+    assert_trees_equal(variables["params"]["rgb_cls_head"], rgb_vars["params"]["rgb_cls_head"])
+    att = variables["params"]["attention_module"]
+    # fresh attention, initialised as the original: kaiming conv, BN weight 1 bias 0
+    assert np.all(np.asarray(att["spatial"]["bn"]["scale"]) == 1.0)
+    assert np.std(np.asarray(att["spatial"]["conv"]["kernel"])) > 0
+
+
+@pytest.mark.parametrize(
+    "container,model",
+    [("trainer", "epam"), ("mmaction", "rgb"), ("plain", "backbone")],
+)
+def test_cli_converts_each_container(tmp_path, container, model):
+    source_model = "rgb" if model == "rgb" else "epam"
+    state = randomize_(build_reference(source_model), 10).state_dict()
+    obj = {
+        "trainer": {"epoch": 1, "model_state_dict": {f"module.{k}": v for k, v in state.items()},
+                    "optimizer_state_dict": {}},
+        "mmaction": {"meta": {}, "state_dict": state},
+        "plain": state,
+    }[container]
+    src = tmp_path / "src.pth"
+    torch.save(obj, src)
+    args = [sys.executable, "-m", "converters", str(src), str(tmp_path / "out"), "--model", model]
+    if container == "trainer":
+        args.append("--verify")
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "parameters" in proc.stdout and "written" in proc.stdout
+    if container == "trainer":
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("verify"))
+        assert float(line.rsplit(" ", 1)[1]) <= 1e-4
+        assert "2,538,717 parameters" in proc.stdout
+    restored = load_variables(tmp_path / "out", expect_model=model)
+    expected = torch_to_flax(state if model != "backbone" else {
+        k: v for k, v in state.items() if "cls_head" not in k}, model)
+    assert_trees_equal(restored, expected)
