@@ -1,0 +1,186 @@
+"""The Flax models on their own: shapes, errors, initialisation, freezing."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from epam_jax import EPAMBackbone, EPAMNet, SingleStreamNet, temporal_shift
+from epam_jax.layers import round_width
+from epam_jax.models import init_variables, variable_shapes
+
+RGB = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 32, 32, 3)), jnp.float32)
+POSE = jnp.asarray(np.random.default_rng(1).random((2, 48, 8, 8, 17)), jnp.float32)
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+def test_parameter_counts_match_the_original():
+    params = variable_shapes(EPAMNet(num_classes=60))["params"]
+    counts = {k: count(v) for k, v in params.items()}
+    assert counts["rgb_backbone"] == 1_980_030
+    assert counts["pose_backbone"] == 519_580
+    assert counts["attention_module"] == 107
+    assert counts["rgb_cls_head"] + counts["pose_cls_head"] == 39_000
+    assert sum(counts.values()) == 2_538_717
+
+
+def test_full_size_shapes_without_computing():
+    model = EPAMBackbone()
+    rgb = jax.ShapeDtypeStruct((2, 16, 224, 224, 3), jnp.float32)
+    pose = jax.ShapeDtypeStruct((2, 48, 56, 56, 17), jnp.float32)
+    shapes = variable_shapes(model)
+    out = jax.eval_shape(
+        lambda v, a, b: model.apply(v, a, b, return_attention=True), shapes, rgb, pose
+    )
+    assert [o.shape for o in out] == [
+        (2, 16, 7, 7, 432), (2, 48, 7, 7, 216), (2, 16, 7, 7, 1)
+    ]
+    single = jax.eval_shape(
+        lambda v, a, b: EPAMBackbone(return_both_streams=False).apply(v, a, b), shapes, rgb, pose
+    )
+    assert single.shape == (2, 16, 7, 7, 432)
+
+
+def test_temporal_shift_and_round_width():
+    x = jnp.arange(2 * 3 * 1 * 1 * 8, dtype=jnp.float32).reshape(2, 3, 1, 1, 8)
+    y = np.asarray(temporal_shift(x, 4))  # fold 2
+    xn = np.asarray(x)
+    np.testing.assert_array_equal(y[:, :-1, ..., :2], xn[:, 1:, ..., :2])
+    np.testing.assert_array_equal(y[:, -1, ..., :2], 0)
+    np.testing.assert_array_equal(y[:, 1:, ..., 2:4], xn[:, :-1, ..., 2:4])
+    np.testing.assert_array_equal(y[:, 0, ..., 2:4], 0)
+    np.testing.assert_array_equal(y[..., 4:], xn[..., 4:])
+    assert [round_width(c / 16) for c in (54, 108, 216, 432)] == [8, 8, 16, 32]
+
+
+@pytest.fixture(scope="module")
+def epam_init():
+    model = EPAMNet(num_classes=5)
+    return model, jax.device_get(init_variables(model, jax.random.key(0)))
+
+
+def test_initialisation_follows_the_original(epam_init):
+    _, variables = epam_init
+    params, stats = variables["params"], variables["batch_stats"]
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, value in flat:
+        keys = [p.key for p in path]
+        value = np.asarray(value)
+        if keys[-2:] == ["bn", "scale"]:
+            expected = 0.0 if keys[-3] == "conv3" else 1.0
+            np.testing.assert_array_equal(value, expected, err_msg=str(keys))
+        elif keys[-1] == "bias":
+            np.testing.assert_array_equal(value, 0.0, err_msg=str(keys))
+    for leaf_path, value in jax.tree_util.tree_flatten_with_path(stats)[0]:
+        expected = 0.0 if leaf_path[-1].key == "mean" else 1.0
+        np.testing.assert_array_equal(np.asarray(value), expected)
+    # kaiming normal, fan_out, relu gain: std = sqrt(2 / (cout * kh * kw))
+    kernel = np.asarray(params["rgb_backbone"]["layer4"]["0"]["conv1"]["conv"]["kernel"])
+    assert kernel.shape == (1, 1, 1, 96, 432)
+    assert abs(kernel.std() / np.sqrt(2 / 432) - 1) < 0.05
+    dw = np.asarray(params["rgb_backbone"]["layer3"]["4"]["conv2"]["conv"]["kernel"])
+    assert abs(dw.std() / np.sqrt(2 / (216 * 9)) - 1) < 0.05
+    fc = np.asarray(params["rgb_cls_head"]["fc_cls"]["kernel"])
+    assert abs(fc.std() / 0.01 - 1) < 0.1
+
+
+def test_streams_run_alone_through_the_attribute(epam_init):
+    model, variables = epam_init
+    feats = jax.jit(lambda v, x: model.apply(v, x, method=lambda m, x: m.rgb_backbone(x)))(
+        variables, RGB
+    )
+    assert feats.shape == (2, 16, 1, 1, 432)
+    pose = jax.eval_shape(
+        lambda v, x: model.apply(v, x, method=lambda m, x: m.pose_backbone(x, train=False)),
+        variables, POSE,
+    )
+    assert pose.shape == (2, 48, 1, 1, 216)
+    logits = jax.jit(model.apply)(variables, RGB, POSE)
+    assert [x.shape for x in logits] == [(2, 5), (2, 5)]
+    assert all(x.dtype == jnp.float32 for x in logits)
+
+
+@pytest.mark.parametrize(
+    "rgb_shape,pose_shape,match",
+    [
+        ((16, 32, 32, 3), (48, 8, 8, 17), "5-D"),
+        ((2, 3, 16, 32, 32), (2, 48, 8, 8, 17),
+         r"channels-first.*pass x.transpose\(0, 2, 3, 4, 1\)"),
+        ((2, 16, 32, 32, 4), (2, 48, 8, 8, 17), "3 channels"),
+        ((2, 16, 32, 32, 3), (2, 17, 48, 8, 8), "channels-first"),
+        ((2, 16, 32, 32, 3), (2, 40, 8, 8, 17), "integer multiple"),
+        ((2, 16, 64, 64, 3), (2, 48, 8, 8, 17), "feature grids differ"),
+        ((2, 16, 32, 32, 3), (3, 48, 8, 8, 17), "batch sizes differ"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(rgb_shape, pose_shape, match):
+    model = EPAMBackbone()
+    shapes = variable_shapes(model)
+    rgb = jax.ShapeDtypeStruct(rgb_shape, jnp.float32)
+    pose = jax.ShapeDtypeStruct(pose_shape, jnp.float32)
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(model.apply, shapes, rgb, pose)
+
+
+def test_bad_configuration_names_the_choices():
+    with pytest.raises(ValueError, match="attention_type must be one of"):
+        variable_shapes(EPAMBackbone(attention_type="cbam"))
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        jax.eval_shape(
+            EPAMBackbone(fusion="add").apply, variable_shapes(EPAMBackbone()), RGB, POSE
+        )
+    with pytest.raises(ValueError, match="stream must be one of"):
+        variable_shapes(SingleStreamNet(stream="depth"))
+
+
+def test_fusions_and_attention_output(epam_init):
+    _, variables = epam_init
+    bvars = {c: {k: v for k, v in t.items() if not k.endswith("_cls_head")}
+             for c, t in variables.items()}
+    @jax.jit
+    def run(v, a, b):
+        mult, _, att = EPAMBackbone().apply(v, a, b, return_attention=True)
+        residual, _ = EPAMBackbone(fusion="residual").apply(v, a, b)
+        rgb = EPAMBackbone().apply(v, a, method=lambda m, x: m.rgb_backbone(x))
+        return mult, att, residual, rgb
+
+    mult, att, residual, rgb = run(bvars, RGB, POSE)
+    np.testing.assert_allclose(mult, rgb * att, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(residual, rgb + rgb * att, rtol=1e-6, atol=1e-6)
+    assert float(att.min()) >= 0 and float(att.max()) <= 1
+
+
+@pytest.mark.parametrize("frozen", ["rgb", "pose"])
+def test_frozen_stream_gets_no_gradient_and_keeps_statistics(epam_init, frozen):
+    _, variables = epam_init
+    model = EPAMNet(num_classes=5, freeze_rgb=frozen == "rgb", freeze_pose=frozen == "pose")
+    labels = jnp.array([1, 3])
+
+    def loss_fn(params):
+        (rl, pl), updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, RGB, POSE,
+            train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)},
+        )
+        ce = optax.softmax_cross_entropy_with_integer_labels
+        return (ce(rl, labels) + ce(pl, labels)).mean(), updates
+
+    grads, updates = jax.jit(jax.grad(loss_fn, has_aux=True))(variables["params"])
+    other = "pose" if frozen == "rgb" else "rgb"
+    frozen_grads = jax.tree_util.tree_leaves(grads[f"{frozen}_backbone"])
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in frozen_grads)
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(
+        grads[f"{other}_backbone"]))
+    new, old = updates["batch_stats"], variables["batch_stats"]
+    for a, b in zip(jax.tree_util.tree_leaves(new[f"{frozen}_backbone"]),
+                    jax.tree_util.tree_leaves(old[f"{frozen}_backbone"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    moved = [not np.array_equal(a, b) for a, b in zip(
+        jax.tree_util.tree_leaves(new[f"{other}_backbone"]),
+        jax.tree_util.tree_leaves(old[f"{other}_backbone"]), strict=True)]
+    assert all(moved)
