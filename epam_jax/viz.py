@@ -324,18 +324,21 @@ def save_attention_pictures(
         attention_grid(frames, attention, title).save(tmp, format="PNG", optimize=True)
     written.append(png_path)
     if gif_path is not None:
-        images = attention_animation(frames, attention)
-        with atomic_output(gif_path) as tmp:
-            images[0].save(
-                tmp,
-                format="GIF",
-                save_all=True,
-                append_images=images[1:],
-                duration=250,
-                loop=0,
-            )
-        written.append(gif_path)
+        written.append(save_attention_gif(frames, attention, gif_path))
     return written
+
+
+def save_attention_gif(
+    frames: np.ndarray, attention: np.ndarray, gif_path: str | os.PathLike[str]
+) -> Path:
+    """Write the animated GIF alone (4 frames/s, looping), atomically; returns its path."""
+    gif_path = Path(gif_path)
+    images = attention_animation(frames, attention)
+    with atomic_output(gif_path) as tmp:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=250, loop=0
+        )
+    return gif_path
 
 
 def clip_attention(attention: np.ndarray, index: int = 0) -> np.ndarray:
@@ -356,6 +359,7 @@ __all__: Sequence[str] = (
     "denormalize_rgb",
     "ensure_writable_dir",
     "overlay",
+    "save_attention_gif",
     "save_attention_pictures",
     "upsample",
 )

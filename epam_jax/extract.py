@@ -1,0 +1,473 @@
+"""Feature extraction: EPAM-Net features of every clip of a dataset (or one video) to .npz.
+
+    python -m epam_jax.extract --checkpoint CKPT --out-dir FEATS \\
+        --annotations ntu60.pkl --split xsub_val --video-root videos/ --video-ext .avi
+    python -m epam_jax.extract --checkpoint CKPT --out-dir FEATS --video clip.avi [--poses p.pkl]
+
+Clips go through the original eval pipeline (``epam_jax.data``, deterministic sampling),
+in batches, through one jit-compiled forward pass sharded over all local devices (batch
+axis 'data'). Each clip gets ``OUT/<frame_dir>.npz`` holding, as chosen:
+
+- ``rgb_features`` (16, 7, 7, 432) / ``rgb_pooled`` (432,): RGB features after the
+  attention (``--fusion multiply``: rgb * attention, the seed backbone's output;
+  ``residual``: rgb + rgb * attention, what EPAM-Net's RGB head sees; ``none``: raw RGB);
+- ``pose_features`` (48, 7, 7, 216) / ``pose_pooled`` (216,);
+- ``attention`` (16, 7, 7, 1), always;
+- ``rgb_logits``, ``pose_logits``, ``scores`` = their sum (num_classes,), when the
+  checkpoint has the classification heads (an EPAM-Net rather than a backbone checkpoint);
+- ``label``, ``frame_dir``.
+
+Files are written atomically (temporary file, then rename), so an interrupted run leaves
+only complete files, and a rerun skips clips already written. ``extract_meta.json``
+records the settings; a rerun with other settings into the same folder is refused.
+Checkpoints: an epam-jax directory (``epam_jax.checkpoints``) or a PyTorch ``.pth``
+(through ``converters``, needs the ``torch`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from epam_jax.checkpoints import describe, load_meta, load_variables
+from epam_jax.data import ClipConfig, load_annotations
+from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
+from epam_jax.viz import (
+    atomic_output,
+    denormalize_rgb,
+    ensure_writable_dir,
+    save_attention_pictures,
+)
+
+TWO_STREAM_MODELS = ("epam", "backbone")
+FUSIONS = ("multiply", "residual", "none")
+POOLINGS = ("pooled", "unpooled", "both")
+META_FILE = "extract_meta.json"
+TORCH_SUFFIXES = (".pth", ".pt", ".tar")
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A two-stream model, its variables (host numpy) and its description."""
+
+    model: EPAMNet | EPAMBackbone
+    variables: dict
+    meta: dict[str, Any]
+
+    @property
+    def has_heads(self) -> bool:
+        return isinstance(self.model, EPAMNet)
+
+
+def _torch_variables(path: Path) -> dict:
+    """Variables of a PyTorch EPAM-Net (with heads) or backbone (without) checkpoint."""
+    try:
+        import converters
+    except ImportError as err:  # pragma: no cover - the package ships with the project
+        raise ImportError("reading a PyTorch checkpoint needs the converters package") from err
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"{path} is a PyTorch checkpoint; reading it needs torch: pip install "
+            "'epam-jax[torch]' (or convert it once with python -m converters)"
+        ) from err
+    errors = []
+    for model in TWO_STREAM_MODELS:
+        try:
+            return converters.load_torch_checkpoint(path, model=model)
+        except converters.ConversionError as err:
+            errors.append(f"as {model!r}: {err}")
+    raise ValueError(
+        f"{path} is not a two-stream EPAM-Net checkpoint (tried "
+        + "; ".join(errors)
+        + "); single-stream checkpoints are combined with "
+        "converters.from_single_stream_checkpoints"
+    )
+
+
+def build_model(meta: dict[str, Any]) -> EPAMNet | EPAMBackbone:
+    """The model a checkpoint description names; only two-stream models are accepted."""
+    if meta.get("model") not in TWO_STREAM_MODELS:
+        raise ValueError(
+            f"expected a two-stream EPAM-Net checkpoint (model 'epam' or 'backbone'), got a "
+            f"{meta.get('model')!r} checkpoint; single-stream checkpoints cannot compute "
+            "the attention"
+        )
+    attention = meta.get("attention_type") or "CBAM_spatial_efficient_temporal"
+    if meta["model"] == "epam":
+        return EPAMNet(num_classes=int(meta["num_classes"]), attention_type=attention)
+    return EPAMBackbone(attention_type=attention)
+
+
+def _check_tree(model: Any, variables: dict, source: Path) -> None:
+    expected = variable_shapes(model)
+    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(
+        {c: expected[c] for c in ("params", "batch_stats")})}
+    got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(
+        {c: variables[c] for c in ("params", "batch_stats")})}
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got) if tuple(want[k]) != tuple(got[k]))
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{source} does not fit {type(model).__name__}: {len(missing)} missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} "
+            f"misshapen {wrong[:3]}"
+        )
+
+
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """A two-stream model from an epam-jax checkpoint directory or a PyTorch ``.pth``.
+
+    Single-stream and unknown checkpoints are refused with a message saying what was found.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_file():
+        if path.suffix not in TORCH_SUFFIXES:
+            raise ValueError(
+                f"{path} is a file but not a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}); "
+                "epam-jax checkpoints are directories written by "
+                "epam_jax.checkpoints.save_variables"
+            )
+        variables = _torch_variables(path)
+        meta = describe(variables)
+    else:
+        meta = load_meta(path)
+        build_model(meta)  # refuse other models before reading the weights
+        variables = load_variables(path)
+        found = describe(variables)
+        if found["model"] != meta["model"]:
+            raise ValueError(
+                f"{path}: its description says {meta['model']!r} but it holds "
+                f"{found['model']!r} variables"
+            )
+        meta = meta | found
+    model = build_model(meta)
+    _check_tree(model, variables, path)
+    return LoadedModel(model, variables, dict(meta, checkpoint=os.fspath(path.absolute())))
+
+
+# --------------------------------------------------------------------------- the forward pass
+
+
+def _outputs(module: Any, rgb: jax.Array, pose: jax.Array, fusion: str, pooling: str,
+             heads: bool) -> dict[str, jax.Array]:
+    rgb_feats, pose_feats, attention = module.features(rgb, pose, False)
+    fused = {"multiply": rgb_feats * attention, "residual": rgb_feats + rgb_feats * attention,
+             "none": rgb_feats}[fusion]
+    out = {"attention": attention}
+    if pooling in ("unpooled", "both"):
+        out["rgb_features"] = fused
+        out["pose_features"] = pose_feats
+    if pooling in ("pooled", "both"):
+        out["rgb_pooled"] = jnp.mean(fused, axis=(1, 2, 3))
+        out["pose_pooled"] = jnp.mean(pose_feats, axis=(1, 2, 3))
+    if heads:
+        rgb_logits = module.rgb_cls_head(rgb_feats + rgb_feats * attention, train=False)
+        pose_logits = module.pose_cls_head(pose_feats, train=False)
+        out |= {"rgb_logits": rgb_logits, "pose_logits": pose_logits,
+                "scores": rgb_logits + pose_logits}
+    return out
+
+
+def make_forward(
+    loaded: LoadedModel, fusion: str = "multiply", pooling: str = "pooled"
+) -> tuple[Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]], int]:
+    """A jit-compiled ``forward(rgb, pose) -> {name: array}`` sharded over all local devices
+    (batch on mesh axis 'data', variables replicated), and the device count the batch
+    size must be a multiple of."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    devices = np.array(jax.local_devices())
+    mesh = jax.sharding.Mesh(devices, ("data",))
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    variables = jax.device_put(loaded.variables, replicated)
+    model, heads = loaded.model, loaded.has_heads
+
+    def apply(v: dict, rgb: jax.Array, pose: jax.Array) -> dict[str, jax.Array]:
+        return model.apply(
+            v, rgb, pose,
+            method=lambda m, r, p: _outputs(m, r, p, fusion, pooling, heads),
+        )
+
+    compiled = jax.jit(
+        apply,
+        in_shardings=(replicated, batch_sharding, batch_sharding),
+        out_shardings=batch_sharding,
+    )
+
+    def forward(rgb: np.ndarray, pose: np.ndarray) -> dict[str, np.ndarray]:
+        rgb = jax.device_put(np.asarray(rgb, np.float32), batch_sharding)
+        pose = jax.device_put(np.asarray(pose, np.float32), batch_sharding)
+        return jax.tree_util.tree_map(np.asarray, compiled(variables, rgb, pose))
+
+    return forward, len(devices)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def clip_name(frame_dir: str) -> str:
+    """File stem for a clip: its frame_dir with path separators replaced."""
+    name = frame_dir.replace("/", "__").replace(os.sep, "__")
+    if name in ("", ".", ".."):
+        raise ValueError(f"cannot name an output file after frame_dir {frame_dir!r}")
+    return name
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to ``path`` atomically (a file that exists is complete)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _check_meta(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Record the settings; refuse to mix in features made with other ones."""
+    meta_path = out_dir / META_FILE
+    if meta_path.is_file() and not overwrite:
+        previous = json.loads(meta_path.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings.keys() | previous.keys()
+                             if settings.get(k) != previous.get(k))
+            raise ValueError(
+                f"{out_dir} holds features extracted with other settings ({', '.join(changed)} "
+                "differ); use another --out-dir, or --overwrite to redo every clip"
+            )
+    with atomic_output(meta_path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+
+def _settings(loaded: LoadedModel, config: ClipConfig, fusion: str, pooling: str,
+              crop: bool | None) -> dict[str, Any]:
+    return {
+        "checkpoint": loaded.meta["checkpoint"],
+        "model": loaded.meta["model"],
+        "num_classes": loaded.meta.get("num_classes"),
+        "attention_type": loaded.meta.get("attention_type"),
+        "fusion": fusion,
+        "pooling": pooling,
+        "rgb_size": list(config.rgb_size),
+        "heatmap_size": list(config.heatmap_size),
+        "clip_len": config.clip_len,
+        "person_crop": crop,
+    }
+
+
+class _Writer:
+    """Writes each clip's arrays (and pictures) as batches come out of the model."""
+
+    def __init__(self, out_dir: Path, pictures: bool, gif: bool) -> None:
+        self.out_dir, self.pictures, self.gif = out_dir, pictures, gif
+        self.written: list[Path] = []
+
+    def clip(self, ann: dict[str, Any], outputs: dict[str, np.ndarray], row: int,
+             frames: np.ndarray | None) -> None:
+        name = clip_name(ann["frame_dir"])
+        arrays = {k: v[row] for k, v in outputs.items()}
+        arrays |= {"label": np.int64(ann["label"]), "frame_dir": np.str_(ann["frame_dir"])}
+        path = self.out_dir / f"{name}.npz"
+        write_npz(path, arrays)
+        self.written.append(path)
+        if self.pictures and frames is not None:
+            stem = self.out_dir / f"{name}_attention"
+            save_attention_pictures(
+                frames,
+                outputs["attention"][row],
+                stem.with_suffix(".png"),
+                stem.with_suffix(".gif") if self.gif else None,
+                title=f"{ann['frame_dir']}: EPAM-Net attention",
+            )
+
+
+def _prepare(annotations: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str],
+             overwrite: bool) -> tuple[Path, list[dict[str, Any]]]:
+    out_dir = ensure_writable_dir(out_dir, "output")
+    names = [clip_name(a["frame_dir"]) for a in annotations]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"several clips would write the same file: {dup[:5]}")
+    todo = [a for a, n in zip(annotations, names, strict=True)
+            if overwrite or not (out_dir / f"{n}.npz").is_file()]
+    return out_dir, todo
+
+
+def extract(
+    annotations: Sequence[dict[str, Any]],
+    config: ClipConfig,
+    loaded: LoadedModel,
+    out_dir: str | os.PathLike[str],
+    *,
+    batch_size: int = 8,
+    fusion: str = "multiply",
+    pooling: str = "pooled",
+    pictures: bool = False,
+    gif: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    read_threads: int = 4,
+) -> list[Path]:
+    """Extract features of dataset clips into ``out_dir``; return the files written now.
+
+    Clips go through ``ClipLoader`` (eval mode: deterministic sampling, whole frames as in
+    the pre-cropped datasets). Clips whose file exists are skipped unless ``overwrite``.
+    ``pictures`` also writes ``<name>_attention.png`` (and ``.gif`` with ``gif``).
+    """
+    from tqdm import tqdm
+
+    from epam_jax.data.loader import ClipLoader
+
+    if config.pose != "heatmap" or not config.rgb:
+        raise ValueError("extraction needs both streams: ClipConfig(rgb=True, pose='heatmap')")
+    out_dir, todo = _prepare(annotations, out_dir, overwrite)
+    _check_meta(out_dir, _settings(loaded, config, fusion, pooling, None), overwrite)
+    skipped = len(annotations) - len(todo)
+    if not todo:
+        if progress:
+            print(f"all {len(annotations)} clips already extracted in {out_dir}")
+        return []
+    forward, num_devices = make_forward(loaded, fusion, pooling)
+    batch_size = -(-batch_size // num_devices) * num_devices
+    loader = ClipLoader(todo, config, batch_size, train=False, shard_index=0, shard_count=1,
+                        read_threads=read_threads)
+    writer = _Writer(out_dir, pictures, gif)
+    desc = f"extract ({skipped} done before)" if skipped else "extract"
+    with tqdm(total=len(todo), unit="clip", disable=not progress, desc=desc) as bar:
+        for batch in loader:
+            outputs = forward(batch["rgb"], batch["heatmap"])
+            frames = denormalize_rgb(batch["rgb"]) if pictures else None
+            for row in np.flatnonzero(batch["mask"] > 0):
+                ann = todo[int(batch["index"][row])]
+                writer.clip(ann, outputs, int(row), None if frames is None else frames[row])
+                bar.update(1)
+    return writer.written
+
+
+def extract_video(
+    video: str | os.PathLike[str],
+    ann: dict[str, Any],
+    config: ClipConfig,
+    loaded: LoadedModel,
+    out_dir: str | os.PathLike[str],
+    *,
+    crop: bool = True,
+    fusion: str = "multiply",
+    pooling: str = "pooled",
+    pictures: bool = False,
+    gif: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Features of one raw video (``ann``: its poses), cropped around the person by
+    default (``epam_jax.realvideo``); the same files as ``extract``."""
+    from epam_jax.realvideo import video_clip
+
+    out_dir, todo = _prepare([ann], out_dir, overwrite)
+    _check_meta(out_dir, _settings(loaded, config, fusion, pooling, crop), overwrite)
+    if not todo:
+        if progress:
+            print(f"{video} already extracted in {out_dir}")
+        return []
+    clip = video_clip(video, ann, config, crop=crop)
+    forward, num_devices = make_forward(loaded, fusion, pooling)
+    pad = (num_devices,) + (1,) * (clip.rgb.ndim)
+    outputs = forward(np.tile(clip.rgb[None], pad), np.tile(clip.heatmap[None], pad))
+    writer = _Writer(out_dir, pictures, gif)
+    writer.clip(ann, outputs, 0, clip.frames)
+    return writer.written
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _size(text: str) -> int:
+    side = int(text)
+    if side <= 0 or side % 4:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of 4, got {text}")
+    return side
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m epam_jax.extract",
+        description="EPAM-Net features (and attention, logits) of clips to .npz files.",
+    )
+    parser.add_argument("--checkpoint", required=True,
+                        help="epam-jax checkpoint directory or PyTorch .pth (epam or backbone)")
+    parser.add_argument("--out-dir", required=True, help="folder for <frame_dir>.npz files")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--annotations", help="PoseC3D annotation pickle")
+    src.add_argument("--video", help="one video file")
+    parser.add_argument("--split", help="keep only this split of the annotation file")
+    parser.add_argument("--video-root", help="folder of the videos (with --annotations)")
+    parser.add_argument("--video-ext", default=".mp4", help="video suffix (default .mp4)")
+    parser.add_argument("--poses", help="pose pickle for --video (skips MediaPipe)")
+    parser.add_argument("--pose-python", help="interpreter with mediapipe (or EPAM_POSE_PYTHON)")
+    parser.add_argument("--crop", choices=("person", "none"), default="person",
+                        help="--video: cut the box around the person out of the frames first "
+                             "(default; raw videos), or feed whole frames")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--fusion", choices=FUSIONS, default="multiply",
+                        help="RGB features saved: rgb*attention (default), rgb+rgb*attention, "
+                             "or raw")
+    parser.add_argument("--pooling", choices=POOLINGS, default="pooled",
+                        help="save pooled vectors, unpooled maps, or both")
+    parser.add_argument("--size", type=_size, default=224,
+                        help="RGB side (pose heatmaps are size/4); default 224")
+    parser.add_argument("--pictures", action="store_true", help="attention PNG per clip")
+    parser.add_argument("--gif", action="store_true", help="with --pictures: also a GIF")
+    parser.add_argument("--overwrite", action="store_true", help="redo clips already written")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    args = build_parser().parse_args(argv)
+    if args.batch_size <= 0:
+        raise SystemExit(f"--batch-size must be > 0, got {args.batch_size}")
+    if args.gif and not args.pictures:
+        raise SystemExit("--gif needs --pictures")
+    ensure_writable_dir(args.out_dir, "output")
+    sizes = dict(rgb_size=(args.size, args.size), heatmap_size=(args.size // 4, args.size // 4))
+    common = dict(fusion=args.fusion, pooling=args.pooling, pictures=args.pictures,
+                  gif=args.gif, overwrite=args.overwrite, progress=not args.quiet)
+    if args.video is not None:
+        from epam_jax.realvideo import single_video_annotation
+
+        ann = single_video_annotation(args.video, args.poses, args.pose_python)
+        loaded = load_model(args.checkpoint)
+        config = ClipConfig(video_root=os.fspath(Path(args.video).parent), **sizes)
+        written = extract_video(args.video, ann, config, loaded, args.out_dir,
+                                crop=args.crop == "person", **common)
+    else:
+        if args.video_root is None:
+            raise SystemExit("--annotations needs --video-root (the folder of the videos)")
+        anns = load_annotations(args.annotations, split=args.split)
+        loaded = load_model(args.checkpoint)
+        config = ClipConfig(video_root=args.video_root, video_ext=args.video_ext, **sizes)
+        written = extract(anns, config, loaded, args.out_dir, batch_size=args.batch_size,
+                          **common)
+    if not args.quiet:
+        print(f"{len(written)} clip(s) written to {Path(args.out_dir).absolute()}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

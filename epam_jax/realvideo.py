@@ -1,0 +1,237 @@
+"""One real video to EPAM-Net inputs: checks, MediaPipe poses, the person crop.
+
+The paper's videos were cropped around the persons and resized to 224x224 before
+training, while the pose heatmaps are drawn in a box around the keypoints; the attention
+map computed from the pose stream multiplies the RGB features cell by cell, so both must
+show the same region. A raw video (e.g. a 1920x1080 NTU clip) is therefore cropped here
+with the pipeline's own box rule (``compact_keypoints``: all keypoints of the clip,
+padding 0.25, square, clipped to the frame) before the usual eval pipeline runs.
+``crop=False`` feeds the whole frame, as ``epam_jax.data.make_sample`` does for
+pre-cropped datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from PIL import Image
+
+from epam_jax.data import (
+    ClipConfig,
+    compact_keypoints,
+    decode_video_frames,
+    load_annotations,
+    make_sample,
+    normalize_rgb,
+    parse_annotations,
+    rgb_indices,
+    uniform_sample_indices,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+POSE_INSTALL_HINT = (
+    "pose extraction needs MediaPipe, which is not importable here. It pins protobuf<5 "
+    "(grain needs >=5), so install it in its own environment:\n"
+    "  python -m venv --system-site-packages .venv-pose && "
+    ".venv-pose/bin/pip install 'mediapipe==0.10.14'   (or: make pose-env)\n"
+    "then pass --pose-python .venv-pose/bin/python (or set EPAM_POSE_PYTHON), or give "
+    "poses you already have with --poses ANN.pkl"
+)
+
+
+def check_video(path: str | os.PathLike[str]) -> Path:
+    """Fail early, naming the path, when a video cannot be opened or decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no video file at {path}")
+    try:
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{path} has no video stream")
+            next(container.decode(container.streams.video[0]))
+    except StopIteration:
+        raise ValueError(f"{path} has no decodable video frames") from None
+    except (av.error.FFmpegError, OSError) as err:
+        raise ValueError(f"cannot read video {path}: {err}") from err
+    return path
+
+
+def _mediapipe_in_process() -> bool:
+    if importlib.util.find_spec("mediapipe") is None:
+        return False
+    try:
+        from mediapipe.python.solutions import pose  # noqa: F401
+    except Exception:  # e.g. a protobuf version clash: use the other interpreter
+        return False
+    return True
+
+
+def _poses_in_subprocess(video: Path, python: str, label: int) -> dict[str, Any]:
+    if not (Path(python).is_file() and os.access(python, os.X_OK)):
+        raise FileNotFoundError(f"pose interpreter {python} does not exist or cannot run")
+    with tempfile.TemporaryDirectory(prefix="epam_pose_") as tmp:
+        out = Path(tmp) / "poses.pkl"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.fspath(PROJECT_ROOT), env.get("PYTHONPATH")) if p
+        )
+        cmd = [python, "-m", "epam_jax.data.pose", os.fspath(video), os.fspath(out)]
+        done = subprocess.run(
+            cmd + ["--label", str(label)], capture_output=True, text=True, env=env
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"pose extraction with {python} failed (exit {done.returncode}):\n"
+                f"{done.stderr[-3000:]}"
+            )
+        (ann,) = load_annotations(out)
+    return ann
+
+
+def video_poses(
+    video: str | os.PathLike[str], pose_python: str | None = None, label: int = 0
+) -> dict[str, Any]:
+    """MediaPipe poses of a video as a validated PoseC3D annotation.
+
+    Runs ``python -m epam_jax.data.pose`` in the interpreter ``pose_python`` (or
+    ``$EPAM_POSE_PYTHON``) when one is named, else in this process when mediapipe
+    imports, else raises saying how to install it. Raises when no person is found.
+    """
+    video = check_video(video)
+    pose_python = pose_python or os.environ.get("EPAM_POSE_PYTHON") or None
+    if pose_python is not None:
+        ann = _poses_in_subprocess(video, pose_python, label)
+    elif _mediapipe_in_process():
+        from epam_jax.data.pose import video_to_annotation
+
+        ann = parse_annotations([video_to_annotation(video, label=label)])[0]
+    else:
+        raise RuntimeError(POSE_INSTALL_HINT)
+    if int(ann.get("num_detected", 1)) == 0 or not np.any(ann["keypoint_score"] > 0):
+        raise ValueError(
+            f"no person found in {video}: MediaPipe detected no pose in any of its "
+            f"{ann['total_frames']} frames"
+        )
+    return ann
+
+
+def single_video_annotation(
+    video: str | os.PathLike[str],
+    poses: str | os.PathLike[str] | None = None,
+    pose_python: str | None = None,
+    label: int = 0,
+) -> dict[str, Any]:
+    """The annotation of one video: the first sample of a pose pickle, or MediaPipe's.
+
+    'filename' is set to the video's name and 'frame_dir' to its stem, so
+    ``ClipConfig(video_root=video.parent)`` finds it.
+    """
+    video = check_video(video)
+    if poses is not None:
+        anns = load_annotations(poses)
+        if not anns:
+            raise ValueError(f"pose file {poses} holds no annotation")
+        ann = anns[0]
+        if not np.any(ann["keypoint_score"] > 0) or not np.any(ann["keypoint"]):
+            raise ValueError(f"no person found in {video}: the pose file {poses} has none")
+    else:
+        ann = video_poses(video, pose_python, label)
+    ann = dict(ann, filename=video.name, frame_dir=video.stem)
+    return parse_annotations([ann])[0]
+
+
+def person_box(ann: dict[str, Any], config: ClipConfig) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) around all persons of the whole clip, by the pipeline's own rule
+    (``compact_keypoints`` with the config's padding, ratio and threshold); None when
+    the keypoints span too little to crop."""
+    kp = ann["keypoint"]
+    moved, (height, width) = compact_keypoints(
+        kp,
+        ann["img_shape"],
+        padding=config.compact_padding,
+        threshold=config.compact_threshold,
+        hw_ratio=config.compact_hw_ratio,
+        clip_to_image=True,
+    )
+    if (height, width) == tuple(ann["img_shape"]):
+        return None
+    # The box origin is what was subtracted from the non-zero coordinates (an integer).
+    x_nz, y_nz = np.flatnonzero(kp[..., 0]), np.flatnonzero(kp[..., 1])
+    x0 = round(float(kp[..., 0].flat[x_nz[0]] - moved[..., 0].flat[x_nz[0]]))
+    y0 = round(float(kp[..., 1].flat[y_nz[0]] - moved[..., 1].flat[y_nz[0]]))
+    return x0, y0, x0 + width, y0 + height
+
+
+def crop_annotation(ann: dict[str, Any], box: tuple[int, int, int, int]) -> dict[str, Any]:
+    """``ann`` seen through the crop ``box``: keypoints shifted, img_shape the box's."""
+    x0, y0, x1, y1 = box
+    kp = ann["keypoint"].copy()
+    kp[..., 0][kp[..., 0] != 0] -= x0
+    kp[..., 1][kp[..., 1] != 0] -= y0
+    shape = (y1 - y0, x1 - x0)
+    return dict(ann, keypoint=kp, img_shape=shape, original_shape=shape)
+
+
+@dataclasses.dataclass
+class VideoClip:
+    """Model inputs of one video plus what the pictures need."""
+
+    rgb: np.ndarray  # (16, S, S, 3) float32, normalised
+    heatmap: np.ndarray  # (48, S/4, S/4, C) float32
+    frames: np.ndarray  # (16, h, w, 3) uint8: the region the model saw, undistorted
+    frame_indices: np.ndarray  # (16,) video frame numbers of the RGB frames
+    box: tuple[int, int, int, int] | None  # person crop in video pixels, None: whole frame
+    annotation: dict[str, Any]
+
+
+def video_clip(
+    video: str | os.PathLike[str],
+    ann: dict[str, Any],
+    config: ClipConfig,
+    crop: bool = True,
+    display_side: int = 224,
+) -> VideoClip:
+    """Eval-mode model inputs for one video and its annotation.
+
+    ``crop``: cut the person box out of every frame first (for raw videos; see the
+    module docstring); otherwise ``make_sample`` as for a dataset. ``frames`` shows the
+    same region with its aspect ratio kept, longer side ``display_side``.
+    """
+    video = check_video(video)
+    inds = uniform_sample_indices(ann["total_frames"], config.clip_len, test_mode=True)
+    rgb_inds = rgb_indices(inds, config.rgb_stride)
+    native = decode_video_frames(video, rgb_inds, size=None, clamp=config.clamp_frames)
+    box = person_box(ann, config) if crop else None
+    if box is not None:
+        x0, y0, x1, y1 = box
+        native = native[:, y0:y1, x0:x1]
+        pose_ann = crop_annotation(ann, box)
+        sample = make_sample(pose_ann, dataclasses.replace(config, rgb=False), train=False)
+        size = (config.rgb_size[1], config.rgb_size[0])
+        rgb = normalize_rgb(np.stack([_resize(f, size) for f in native]))
+    else:
+        pose_ann = ann
+        root = dataclasses.replace(config, video_root=os.fspath(video.parent))
+        sample = make_sample(dict(ann, filename=video.name), root, train=False)
+        rgb = sample["rgb"]
+    height, width = native.shape[1:3]
+    scale = display_side / max(height, width)
+    display = (max(1, round(width * scale)), max(1, round(height * scale)))
+    frames = np.stack([_resize(f, display) for f in native])
+    return VideoClip(rgb, sample["heatmap"], frames, rgb_inds, box, pose_ann)
+
+
+def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 frame to ``size`` = (width, height): area averaging when shrinking (as the
+    decoder does), bilinear when enlarging."""
+    shrink = size[0] <= frame.shape[1] and size[1] <= frame.shape[0]
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(frame).resize(size, method))
