@@ -1,0 +1,82 @@
+"""The paper's recipe (sec. 7): EPAM-Net on NTU-format data, SGD + cosine, batch 24.
+
+    python train.py --config configs/default.py --workdir runs/ntu60_xsub \\
+        --config.data.annotations=ntu60_2d.pkl --config.data.video_root=ntu_videos
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "epam"  # 'epam' (two streams + attention), 'rgb' or 'pose' (pre-training)
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.annotations = ""  # PoseC3D pickle
+    c.data.video_root = ""  # default: <annotations folder>/videos
+    c.data.video_ext = ".mp4"
+    c.data.train_split = "xsub_train"
+    c.data.val_split = "xsub_val"
+    c.data.num_classes = 60
+    c.data.clip_len = 48  # pose frames; RGB takes every rgb_stride-th
+    c.data.rgb_stride = 3
+    c.data.rgb_size = 224
+    c.data.heatmap_size = 56
+    c.data.sigma = 0.6
+    c.data.flip_prob = 0.5
+    c.data.worker_count = 8  # decoding processes per host
+    c.data.read_threads = 4
+    c.data.prefetch = 8
+
+    c.model = ml_collections.ConfigDict()
+    c.model.dropout_ratio = 0.5
+    c.model.attention_type = "CBAM_spatial_efficient_temporal"
+    c.model.freeze_rgb = False
+    c.model.freeze_pose = False
+    c.model.remat = False
+    c.model.dtype = "float32"
+
+    c.init = ml_collections.ConfigDict()
+    c.init.checkpoint = ""  # whole model: epam-jax directory or PyTorch file
+    c.init.rgb = ""  # single-stream checkpoints for mode 'epam' (the paper's start)
+    c.init.pose = ""
+
+    c.batch_size = 24  # global: 12 per GPU on 2 GPUs
+    c.eval_batch_size = 24
+    c.num_epochs = 24
+    c.num_train_steps = -1  # > 0 overrides num_epochs
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = config_dict.placeholder(float)  # None: base_lr * batch / base_batch
+    c.optimizer.base_lr = 0.001
+    c.optimizer.base_batch_size = 16
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.weight_decay = 3e-4
+    c.optimizer.grad_clip_norm = 40.0
+    c.optimizer.warmup_steps = 0
+    c.optimizer.label_smoothing = 0.0
+    c.optimizer.rgb_lr_mult = 1.0
+    c.optimizer.pose_lr_mult = 1.0
+    c.optimizer.attention_lr_mult = 1.0
+
+    c.parallel = "jit"  # or 'pmap'
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""  # e.g. 10.0.0.1:1234; empty: cluster env
+    c.distributed.num_processes = -1
+    c.distributed.process_id = -1
+    c.distributed.auto = True  # initialise from SLURM/Open MPI/JAX_COORDINATOR_ADDRESS
+
+    c.log_every_steps = 50
+    c.eval_every_steps = -1  # -1: once per epoch
+    c.checkpoint_every_steps = -1  # -1: at every evaluation
+    c.keep_checkpoints = 3
+    c.keep_best_checkpoints = 1
+    c.export_best = True  # model/ holds the best checkpoint by val top-1, else the last
+    c.resume = True
+    c.progress_bar = True
+    c.attention_picture = False
+    c.lock()
+    return c

@@ -1,0 +1,322 @@
+"""``train_and_evaluate(config, workdir)``: the whole training run.
+
+Layout of ``workdir``: ``checkpoints/`` (orbax, resumable), ``model/`` (the best
+or final variables, ``epam_jax.checkpoints.save_variables``), ``metrics.jsonl``,
+``tensorboard/`` and, when asked, ``attention.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from epam_jax.data.pipeline import ClipConfig
+from epam_jax.train.checkpointing import BEST_METRIC, Checkpoints
+from epam_jax.train.evaluate import evaluate
+from epam_jax.train.optim import make_optimizer, make_schedule, peak_learning_rate
+from epam_jax.train.parallel import DataParallel, initialize_distributed
+from epam_jax.train.state import (
+    build_model,
+    create_train_state,
+    frozen_modules,
+    initial_variables,
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def clip_config(config: Any) -> ClipConfig:
+    """The loader's ClipConfig for ``config.mode`` and ``config.data``."""
+    d = config.data
+    uses_rgb = config.mode in ("epam", "rgb")
+    return ClipConfig(
+        clip_len=d.clip_len,
+        rgb_stride=d.rgb_stride,
+        rgb=uses_rgb,
+        rgb_size=(d.rgb_size, d.rgb_size),
+        pose="heatmap" if config.mode in ("epam", "pose") else None,
+        heatmap_size=(d.heatmap_size, d.heatmap_size),
+        sigma=d.sigma,
+        flip_prob=d.flip_prob,
+        video_root=_video_root(config) if uses_rgb else None,
+        video_ext=d.video_ext,
+    )
+
+
+def _video_root(config: Any) -> str:
+    root = config.data.video_root or str(Path(config.data.annotations).parent / "videos")
+    if not Path(root).is_dir():
+        raise FileNotFoundError(
+            f"video folder {root!r} not found: set --config.data.video_root to the folder "
+            f"holding the videos")
+    return root
+
+
+def check_dataset(config: Any) -> Path:
+    """The annotation file, or a FileNotFoundError saying how to get one."""
+    path = config.data.annotations
+    if not path:
+        raise FileNotFoundError(
+            "no dataset: set --config.data.annotations to a PoseC3D annotation pickle "
+            "(python -m epam_jax.data.synthetic OUT makes a synthetic one)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"dataset annotations {path!r} not found")
+    return Path(path)
+
+
+def make_loaders(config: Any, local_batch: int, local_eval_batch: int) -> tuple[Any, Any]:
+    """(train, val) ClipLoaders over this host's shard."""
+    from epam_jax.data.loader import ClipLoader
+
+    annotations = check_dataset(config)
+    clip = clip_config(config)
+    d = config.data
+    common = dict(num_classes=d.num_classes, seed=config.seed, worker_count=d.worker_count,
+                  read_threads=d.read_threads, prefetch=d.prefetch)
+    train = ClipLoader(annotations, clip, local_batch, True, split=d.train_split or None,
+                       **common)
+    val = ClipLoader(annotations, clip, local_eval_batch, False, split=d.val_split or None,
+                     **common)
+    return train, val
+
+
+class MetricWriter:
+    """JSON lines and TensorBoard events, written by the first process only."""
+
+    def __init__(self, workdir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, kind: str, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, **{k: float(v) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in metrics.items():
+            self._tb.add_scalar(f"{kind}/{key}", float(value), step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def _steps(config: Any, steps_per_epoch: int) -> tuple[int, int, int]:
+    total = config.num_train_steps if config.num_train_steps > 0 else (
+        config.num_epochs * steps_per_epoch)
+    eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+    ckpt_every = (config.checkpoint_every_steps if config.checkpoint_every_steps > 0
+                  else eval_every)
+    if total <= 0:
+        raise ValueError(f"nothing to train: {total} steps")
+    return total, eval_every, ckpt_every
+
+
+def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
+    """Train ``config.mode`` on ``config.data``, evaluate, checkpoint, export.
+
+    Returns the final validation metrics plus 'model_dir' (the exported variables),
+    'step' and, when written, 'attention_picture'.
+    """
+    dist = config.distributed
+    initialize_distributed(dist.coordinator_address, dist.num_processes
+                           if dist.num_processes > 0 else None,
+                           dist.process_id if dist.process_id >= 0 else None, auto=dist.auto)
+    workdir = Path(workdir).absolute()
+    primary = jax.process_index() == 0
+    check_dataset(config)
+    dp = DataParallel(config.parallel)
+    local_batch = dp.check_batch_size(config.batch_size)
+    local_eval_batch = dp.check_batch_size(config.eval_batch_size, "eval_batch_size")
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    m = config.model
+    model = build_model(config.mode, config.data.num_classes, dropout_ratio=m.dropout_ratio,
+                        attention_type=m.attention_type, freeze_rgb=m.freeze_rgb,
+                        freeze_pose=m.freeze_pose, remat=m.remat, dtype=m.dtype,
+                        bn_axis_name=dp.bn_axis_name)
+    train_loader, val_loader = make_loaders(config, local_batch, local_eval_batch)
+    total_steps, eval_every, ckpt_every = _steps(config, len(train_loader))
+
+    o = config.optimizer
+    peak_lr = peak_learning_rate(o.lr, o.base_lr, o.base_batch_size, config.batch_size)
+    schedule = make_schedule(peak_lr, total_steps, o.warmup_steps)
+    variables = initial_variables(model, config.mode, jax.random.PRNGKey(config.seed),
+                                  checkpoint=config.init.checkpoint,
+                                  rgb_checkpoint=config.init.rgb,
+                                  pose_checkpoint=config.init.pose)
+    tx = make_optimizer(variables["params"], schedule, momentum=o.momentum,
+                        nesterov=o.nesterov, weight_decay=o.weight_decay,
+                        clip_norm=o.grad_clip_norm,
+                        lr_multipliers={"rgb": o.rgb_lr_mult, "pose": o.pose_lr_mult,
+                                        "attention": o.attention_lr_mult},
+                        frozen=frozen_modules(model))
+    state = jax.device_put(create_train_state(model, variables, tx, config.seed),
+                           dp.replicated)
+    del variables
+
+    ckpts = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
+                        keep_best=config.keep_best_checkpoints)
+    train_iter = iter(train_loader)
+    start = 0
+    if config.resume and ckpts.latest_step() is not None:
+        start = ckpts.latest_step()
+        state = ckpts.restore(start, state, train_iter)
+        if primary:
+            print(f"resumed from {ckpts.directory / str(start)}", flush=True)
+    elif ckpts.latest_step() is not None:
+        raise FileExistsError(
+            f"{ckpts.directory} holds checkpoints (latest step {ckpts.latest_step()}); "
+            f"pass --config.resume=True to continue or choose a new workdir")
+
+    train_fn = dp.train_step(mode=config.mode, label_smoothing=o.label_smoothing)
+    eval_fn = dp.eval_step(mode=config.mode, num_classes=config.data.num_classes)
+    writer = MetricWriter(workdir, primary)
+    bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
+               disable=not (primary and config.progress_bar))
+    state = dp.put_state(state)
+    pending: list[tuple[int, Any]] = []
+    window_start, window_clips = time.perf_counter(), 0
+    val_metrics: dict[str, float] = {}
+
+    def flush(step: int) -> None:
+        nonlocal window_start, window_clips
+        if not pending:
+            return
+        fetched = [(s, dp.fetch(mt)) for s, mt in pending]
+        pending.clear()
+        for s, mt in fetched:
+            if not (math.isfinite(float(mt["loss_sum"]))
+                    and math.isfinite(float(mt["grad_norm_sum"]))):
+                ckpts.wait()
+                last = ckpts.latest_step()
+                where = (f"the last good checkpoint is step {last} in {ckpts.directory}"
+                         if last is not None else "no checkpoint was saved before it")
+                raise NonFiniteLossError(
+                    f"non-finite loss ({float(mt['loss_sum'])}) or gradient norm at step "
+                    f"{s}; stopping (try a lower --config.optimizer.lr); {where}")
+        elapsed = time.perf_counter() - window_start
+        count = sum(int(mt["count"]) for _, mt in fetched)
+        summary = {
+            "loss": float(np.mean([mt["loss_sum"] for _, mt in fetched])),
+            "accuracy": 100.0 * sum(int(mt["correct"]) for _, mt in fetched) / max(count, 1),
+            "grad_norm": float(np.mean([mt["grad_norm_sum"] for _, mt in fetched])),
+            "learning_rate": float(schedule(step - 1)),
+            "clips_per_second": window_clips / max(elapsed, 1e-9),
+        }
+        writer.write(step, "train", summary)
+        bar.set_postfix(loss=f"{summary['loss']:.3f}", acc=f"{summary['accuracy']:.1f}",
+                        clips_s=f"{summary['clips_per_second']:.1f}", refresh=False)
+        window_start, window_clips = time.perf_counter(), 0
+
+    try:
+        for step in range(start + 1, total_steps + 1):
+            batch = next(train_iter)
+            state, metrics = train_fn(state, dp.put_batch(batch))
+            pending.append((step, metrics))
+            window_clips += config.batch_size
+            bar.update(1)
+            is_eval = step % eval_every == 0 or step == total_steps
+            is_ckpt = is_eval or step % ckpt_every == 0
+            if is_ckpt or step % config.log_every_steps == 0:
+                flush(step)  # raises before a non-finite state is saved
+            if is_eval:
+                val_metrics = evaluate(partial(_eval_batch, eval_fn, dp, state),
+                                       iter(val_loader), dp.fetch)
+                writer.write(step, "val", val_metrics)
+                bar.write(f"step {step}: " + _format_metrics(val_metrics))
+            if is_ckpt:
+                ckpts.save(step, dp.get_state(state),
+                           train_iter, val_metrics if is_eval else None)
+                window_start = time.perf_counter()  # don't count eval/save time in clips/s
+    finally:
+        bar.close()
+        writer.close()
+        ckpts.wait()
+
+    final_step = ckpts.latest_step()
+    export_step = ckpts.best_step() if config.export_best and ckpts.best_step() else final_step
+    final_state = dp.get_state(state)
+    if export_step != final_step:
+        final_state = ckpts.restore(export_step, final_state)
+        export_metrics = _metrics_of(ckpts, export_step)
+    else:
+        export_metrics = val_metrics
+    model_dir = export_model(workdir / "model", final_state, config, export_step,
+                             export_metrics)
+    ckpts.close()
+    result: dict[str, Any] = dict(val_metrics, step=final_step, model_dir=str(model_dir),
+                                  export_step=export_step)
+    if config.attention_picture and config.mode == "epam" and primary:
+        result["attention_picture"] = str(write_attention_picture(
+            config, jax.device_get(final_state.variables), val_loader,
+            workdir / "attention.png"))
+    return result
+
+
+def _eval_batch(eval_fn: Any, dp: DataParallel, state: Any, batch: dict) -> Any:
+    return eval_fn(state, dp.put_batch(batch))
+
+
+def _metrics_of(ckpts: Checkpoints, step: int) -> dict[str, float]:
+    return dict(ckpts.manager.metrics(step) or {})
+
+
+def _format_metrics(metrics: Mapping[str, float]) -> str:
+    keys = [k for k in metrics if k.endswith(("top1", "top5", "mean_class_acc"))]
+    return "  ".join(f"{k} {metrics[k]:.1f}%" for k in keys)
+
+
+def export_model(path: Path, state: Any, config: Any, step: int,
+                 metrics: Mapping[str, float]) -> Path:
+    """Write the state's variables with ``save_variables`` (replacing an older export)."""
+    from jax.experimental import multihost_utils
+
+    from epam_jax.checkpoints import save_variables
+
+    if jax.process_index() == 0 and path.exists():
+        shutil.rmtree(path)
+    multihost_utils.sync_global_devices("epam_jax export: old model removed")
+    variables = jax.device_get(state.variables)
+    extra = {"step": int(step), "mode": config.mode,
+             "val_top1": float(metrics.get(BEST_METRIC, float("nan")))}
+    return save_variables(path, variables, **extra)
+
+
+def write_attention_picture(config: Any, variables: Mapping, val_loader: Any,
+                            png_path: Path) -> Path:
+    """The attention maps of the first validation clip over its frames."""
+    from epam_jax.viz import denormalize_rgb, save_attention_pictures
+
+    batch = next(iter(val_loader))
+    m = config.model
+    model = build_model("epam", config.data.num_classes, attention_type=m.attention_type,
+                        dtype=m.dtype)
+    rgb, pose = batch["rgb"][:1], batch["heatmap"][:1]
+    rgb_logits, pose_logits, attention = jax.jit(
+        lambda v, r, p: model.apply(v, r, p, train=False, return_attention=True))(
+            variables, rgb, pose)
+    predicted = int(np.argmax(np.asarray(rgb_logits + pose_logits)[0]))
+    title = f"label {int(batch['label'][0])}, predicted {predicted}"
+    paths = save_attention_pictures(denormalize_rgb(batch["rgb"][0]),
+                                    np.asarray(attention[0, ..., 0]), png_path, title=title)
+    return Path(paths[0])

@@ -1,0 +1,124 @@
+"""One training step and one evaluation step, shared by jit and pmap.
+
+``axis_name`` is None under ``jax.jit`` (a sharded global batch: means and
+BatchNorm statistics are already global) and the pmap axis under ``jax.pmap``
+(gradients, metrics and BatchNorm statistics reduced over it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from epam_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def model_inputs(batch: Batch, mode: str) -> tuple[jax.Array, ...]:
+    """The model's positional inputs for ``mode`` from a loader batch."""
+    if mode == "epam":
+        return batch["rgb"], batch["heatmap"]
+    return (batch["rgb"],) if mode == "rgb" else (batch["heatmap"],)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+                  ) -> jax.Array:
+    """Mean cross-entropy in float32, optionally with smoothed one-hot targets."""
+    logits = logits.astype(jnp.float32)
+    if label_smoothing:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        return optax.softmax_cross_entropy(logits, targets).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def stream_logits(outputs: Any, mode: str) -> dict[str, jax.Array]:
+    """{'fused', and for EPAM-Net 'rgb', 'pose'} float32 scores."""
+    if mode == "epam":
+        rgb, pose = (x.astype(jnp.float32) for x in outputs[:2])
+        return {"fused": rgb + pose, "rgb": rgb, "pose": pose}
+    return {"fused": outputs.astype(jnp.float32)}
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    mode: str,
+    label_smoothing: float = 0.0,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Loss CE(rgb) + CE(pose) (one term in single-stream modes), one optimiser update.
+
+    Returns the new state and summable metrics: 'loss_sum', 'correct', 'count',
+    'grad_norm_sum' (each step contributes once).
+    """
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        dropout_rng = jax.random.fold_in(dropout_rng, lax.axis_index(axis_name))
+    labels = batch["label"]
+
+    def loss_fn(params):
+        outputs, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            *model_inputs(batch, mode),
+            train=True,
+            rngs={"dropout": dropout_rng},
+            mutable=["batch_stats"],
+        )
+        scores = stream_logits(outputs, mode)
+        heads = ("rgb", "pose") if mode == "epam" else ("fused",)
+        loss = sum(cross_entropy(scores[h], labels, label_smoothing) for h in heads)
+        return loss, (scores["fused"], updates["batch_stats"])
+
+    (loss, (fused, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    correct = jnp.sum(jnp.argmax(fused, -1) == labels)
+    count = jnp.asarray(labels.shape[0], jnp.int32)
+    if axis_name is not None:
+        grads = lax.pmean(grads, axis_name)
+        loss = lax.pmean(loss, axis_name)
+        correct, count = lax.psum((correct, count), axis_name)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = {
+        "loss_sum": loss,
+        "correct": correct.astype(jnp.int32),
+        "count": count,
+        "grad_norm_sum": optax.global_norm(grads),
+    }
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    mode: str,
+    num_classes: int,
+    axis_name: str | None = None,
+) -> dict[str, jax.Array]:
+    """Masked counts for one batch: per score, top-1/top-5 hits and per-class hits.
+
+    Keys '{score}/top1', '{score}/top5', '{score}/class_correct' (C,) for each
+    score in ``stream_logits``, and 'class_count' (C,). Padding (mask 0) counts nowhere.
+    """
+    outputs = state.apply_fn(state.variables, *model_inputs(batch, mode), train=False)
+    labels = batch["label"]
+    mask = batch["mask"].astype(jnp.float32)
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
+    k = min(5, num_classes)
+    out = {"class_count": onehot.sum(0)}
+    for name, scores in stream_logits(outputs, mode).items():
+        hit1 = (jnp.argmax(scores, -1) == labels).astype(jnp.float32)
+        _, topk = lax.top_k(scores, k)
+        hit5 = jnp.any(topk == labels[:, None], -1).astype(jnp.float32)
+        out[f"{name}/top1"] = jnp.sum(hit1 * mask)
+        out[f"{name}/top5"] = jnp.sum(hit5 * mask)
+        out[f"{name}/class_correct"] = jnp.sum(onehot * hit1[:, None], 0)
+    if axis_name is not None:
+        out = lax.psum(out, axis_name)
+    return out
