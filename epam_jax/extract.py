@@ -4,9 +4,12 @@
         --annotations ntu60.pkl --split xsub_val --video-root videos/ --video-ext .avi
     python -m epam_jax.extract --checkpoint CKPT --out-dir FEATS --video clip.avi [--poses p.pkl]
 
-Clips go through the original eval pipeline (``epam_jax.data``, deterministic sampling),
-in batches, through one jit-compiled forward pass sharded over all local devices (batch
-axis 'data'). Each clip gets ``OUT/<frame_dir>.npz`` holding, as chosen:
+Dataset clips go through the original eval pipeline (``epam_jax.data``, deterministic
+sampling; the videos are expected pre-cropped around the persons, as the paper's were); a
+single raw ``--video`` is first cropped around the person (``epam_jax.realvideo``; poses
+from ``--poses`` or MediaPipe). Batches run through one jit-compiled forward pass sharded
+over all local devices (batch axis 'data'). Each clip gets ``OUT/<frame_dir>.npz``
+holding, as chosen:
 
 - ``rgb_features`` (16, 7, 7, 432) / ``rgb_pooled`` (432,): RGB features after the
   attention (``--fusion multiply``: rgb * attention, the seed backbone's output;
@@ -27,6 +30,7 @@ Checkpoints: an epam-jax directory (``epam_jax.checkpoints``) or a PyTorch ``.pt
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -112,8 +116,13 @@ def build_model(meta: dict[str, Any]) -> EPAMNet | EPAMBackbone:
     return EPAMBackbone(attention_type=attention)
 
 
+@functools.lru_cache(maxsize=8)
+def _expected_shapes(model: Any) -> dict:
+    return variable_shapes(model)  # traces the model: worth keeping per (hashable) model
+
+
 def _check_tree(model: Any, variables: dict, source: Path) -> None:
-    expected = variable_shapes(model)
+    expected = _expected_shapes(model)
     want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(
         {c: expected[c] for c in ("params", "batch_stats")})}
     got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(
@@ -185,12 +194,22 @@ def _outputs(module: Any, rgb: jax.Array, pose: jax.Array, fusion: str, pooling:
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("model", "fusion", "pooling"))
+def _forward(variables: dict, rgb: jax.Array, pose: jax.Array, *, model: Any, fusion: str,
+             pooling: str) -> dict[str, jax.Array]:
+    # Module-level and keyed on the (hashable) model, so every caller shares the compile.
+    heads = isinstance(model, EPAMNet)
+    return model.apply(
+        variables, rgb, pose, method=lambda m, r, p: _outputs(m, r, p, fusion, pooling, heads)
+    )
+
+
 def make_forward(
     loaded: LoadedModel, fusion: str = "multiply", pooling: str = "pooled"
 ) -> tuple[Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]], int]:
-    """A jit-compiled ``forward(rgb, pose) -> {name: array}`` sharded over all local devices
-    (batch on mesh axis 'data', variables replicated), and the device count the batch
-    size must be a multiple of."""
+    """A jit-compiled ``forward(rgb, pose) -> {name: numpy array}`` sharded over all local
+    devices (batch on mesh axis 'data', variables replicated), and the device count the
+    batch size must be a multiple of."""
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if pooling not in POOLINGS:
@@ -200,24 +219,16 @@ def make_forward(
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     variables = jax.device_put(loaded.variables, replicated)
-    model, heads = loaded.model, loaded.has_heads
-
-    def apply(v: dict, rgb: jax.Array, pose: jax.Array) -> dict[str, jax.Array]:
-        return model.apply(
-            v, rgb, pose,
-            method=lambda m, r, p: _outputs(m, r, p, fusion, pooling, heads),
-        )
-
-    compiled = jax.jit(
-        apply,
-        in_shardings=(replicated, batch_sharding, batch_sharding),
-        out_shardings=batch_sharding,
-    )
 
     def forward(rgb: np.ndarray, pose: np.ndarray) -> dict[str, np.ndarray]:
+        if len(rgb) % len(devices):
+            raise ValueError(
+                f"batch of {len(rgb)} clips does not split over {len(devices)} devices"
+            )
         rgb = jax.device_put(np.asarray(rgb, np.float32), batch_sharding)
         pose = jax.device_put(np.asarray(pose, np.float32), batch_sharding)
-        return jax.tree_util.tree_map(np.asarray, compiled(variables, rgb, pose))
+        out = _forward(variables, rgb, pose, model=loaded.model, fusion=fusion, pooling=pooling)
+        return jax.tree_util.tree_map(np.asarray, out)
 
     return forward, len(devices)
 
