@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from epam_jax.checkpoints import describe, load_meta, load_variables
-from epam_jax.data import ClipConfig, load_annotations
+from epam_jax.data import ClipConfig, load_annotations, video_path
 from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
 from epam_jax.viz import (
     atomic_output,
@@ -354,13 +354,23 @@ def extract(
         if progress:
             print(f"all {len(annotations)} clips already extracted in {out_dir}")
         return []
+    missing = [os.fspath(video_path(a, config)) for a in todo
+               if not video_path(a, config).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(todo)} videos not found under {config.video_root}, e.g. "
+            f"{missing[:3]} (check --video-root and --video-ext)"
+        )
     forward, num_devices = make_forward(loaded, fusion, pooling)
     batch_size = -(-batch_size // num_devices) * num_devices
-    loader = ClipLoader(todo, config, batch_size, train=False, shard_index=0, shard_count=1,
-                        read_threads=read_threads)
+    # Several hosts: each extracts every process_count-th clip (the loader's eval sharding).
+    host, hosts = jax.process_index(), jax.process_count()
+    loader = ClipLoader(todo, config, batch_size, train=False, shard_index=host,
+                        shard_count=hosts, read_threads=read_threads)
     writer = _Writer(out_dir, pictures, gif)
     desc = f"extract ({skipped} done before)" if skipped else "extract"
-    with tqdm(total=len(todo), unit="clip", disable=not progress, desc=desc) as bar:
+    total = len(range(host, len(todo), hosts))
+    with tqdm(total=total, unit="clip", disable=not progress, desc=desc) as bar:
         for batch in loader:
             outputs = forward(batch["rgb"], batch["heatmap"])
             frames = denormalize_rgb(batch["rgb"]) if pictures else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -303,15 +304,9 @@ def test_load_model_from_pytorch_checkpoint(tmp_path: Path, model_dir) -> None:
 # --------------------------------------------------------------------------- extraction
 
 
-def test_extract_real_clips_matches_model_apply_and_resumes(
-    tmp_path: Path, shared_data: Path, ntu: Path, ntu_poses, model_dir, reference
-) -> None:
-    from epam_jax import extract
-
-    _, ann = ntu_poses
-    ckpt, _ = model_dir
-    # three clips, batch 2 (the last batch is padded): the NTU clip, its first 60 frames,
-    # and the other real clip with the same poses
+def three_clips(ann: dict, ntu: Path, shared_data: Path, tmp_path: Path):
+    """The NTU clip, its first 60 frames, and the other real clip with the same poses,
+    as annotations and as a pickle."""
     demo = shared_data / "person_demo_1080p.mp4"
     anns = [
         dict(ann, frame_dir="ntu_full", filename=ntu.name),
@@ -324,6 +319,17 @@ def test_extract_real_clips_matches_model_apply_and_resumes(
         a.pop("num_detected", None)
     ann_file = tmp_path / "anns.pkl"
     save_annotations(ann_file, anns)
+    return anns, ann_file
+
+
+def test_extract_real_clips_matches_model_apply_and_resumes(
+    tmp_path: Path, shared_data: Path, ntu: Path, ntu_poses, model_dir, reference
+) -> None:
+    from epam_jax import extract
+
+    _, ann = ntu_poses
+    ckpt, _ = model_dir
+    anns, ann_file = three_clips(ann, ntu, shared_data, tmp_path)
     out = tmp_path / "feats"
     argv = ["--checkpoint", str(ckpt), "--out-dir", str(out), "--annotations", str(ann_file),
             "--video-root", str(shared_data), "--batch-size", "2", "--pooling", "both",
@@ -371,7 +377,39 @@ def test_extract_real_clips_matches_model_apply_and_resumes(
         extract.main(argv + ["--fusion", "residual"])
 
 
-def test_extract_refuses_unwritable_output_before_work(tmp_path: Path, model_dir) -> None:
+def test_extract_sharded_over_two_devices(tmp_path: Path, shared_data: Path, ntu: Path,
+                                         ntu_poses, model_dir, reference) -> None:
+    """Two local (CPU) devices: the batch of 3 becomes 4 split over the mesh, the last
+    batch is padded; every clip still matches a direct model.apply."""
+    ckpt, _ = model_dir
+    anns, ann_file = three_clips(ntu_poses[1], ntu, shared_data, tmp_path)
+    out = tmp_path / "feats"
+    code = (
+        "import jax, sys; from epam_jax import extract\n"
+        "assert jax.local_device_count() == 2, jax.local_devices()\n"
+        "extract.main(sys.argv[1:])\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cmd = [sys.executable, "-c", code, "--checkpoint", str(ckpt), "--out-dir", str(out),
+           "--annotations", str(ann_file), "--video-root", str(shared_data),
+           "--batch-size", "3", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = ClipConfig(video_root=str(shared_data))
+    for a in anns:
+        with np.load(out / f"{a['frame_dir'].replace('/', '__')}.npz") as f:
+            got = dict(f)
+        assert set(got) == {"attention", "rgb_pooled", "pose_pooled", "rgb_logits",
+                            "pose_logits", "scores", "label", "frame_dir"}
+        sample = make_sample(a, config, train=False)
+        want = reference(sample["rgb"], sample["heatmap"])
+        for key in ("rgb_logits", "pose_logits", "attention"):
+            assert rel(want[key], got[key]) < 1e-4, key
+        assert rel(want["rgb_features"].mean((0, 1, 2)), got["rgb_pooled"]) < 1e-4
+
+
+def test_extract_clear_errors(tmp_path: Path, model_dir, ntu_poses) -> None:
     from epam_jax import extract
 
     ckpt, _ = model_dir
@@ -380,6 +418,20 @@ def test_extract_refuses_unwritable_output_before_work(tmp_path: Path, model_dir
     with pytest.raises(PermissionError, match="cannot create the output directory"):
         extract.main(["--checkpoint", str(ckpt), "--out-dir", str(blocker / "feats"),
                       "--video", "missing.avi"])
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "broken.mp4").write_bytes(b"not a video at all" * 200)
+    anns = [dict(ntu_poses[1], frame_dir=name, filename=f"{name}.mp4")
+            for name in ("broken", "absent")]
+    save_annotations(tmp_path / "anns.pkl", anns)
+    argv = ["--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "feats"), "--annotations",
+            str(tmp_path / "anns.pkl"), "--video-root", str(videos), "--quiet"]
+    with pytest.raises(FileNotFoundError, match="1 of 2 videos not found.*absent.mp4"):
+        extract.main(argv)
+    save_annotations(tmp_path / "anns.pkl", anns[:1])
+    with pytest.raises(ValueError, match="cannot open video .*broken.mp4"):
+        extract.main(argv)
+    assert not list((tmp_path / "feats").glob("*.npz"))
 
 
 # --------------------------------------------------------------------------- prediction
