@@ -142,6 +142,7 @@ def reference(model_dir):
             "rgb_logits": head("rgb_cls_head", residual),
             "pose_logits": head("pose_cls_head", pose_feats),
             "attention": attention,
+            "rgb_residual": residual,
             "rgb_features": rgb_feats * attention,
             "pose_features": pose_feats,
         }
@@ -332,7 +333,7 @@ def test_extract_real_clips_matches_model_apply_and_resumes(
     anns, ann_file = three_clips(ann, ntu, shared_data, tmp_path)
     out = tmp_path / "feats"
     argv = ["--checkpoint", str(ckpt), "--out-dir", str(out), "--annotations", str(ann_file),
-            "--video-root", str(shared_data), "--batch-size", "2", "--pooling", "both",
+            "--video-root", str(shared_data), "--batch-size", "1", "--fusion", "residual",
             "--pictures", "--quiet"]
     written = extract.main(argv)
     names = ["ntu_full", "ntu_first60", "sub__demo"]
@@ -342,16 +343,16 @@ def test_extract_real_clips_matches_model_apply_and_resumes(
         with np.load(out / f"{name}.npz") as f:
             got = dict(f)
         assert str(got["frame_dir"]) == a["frame_dir"] and int(got["label"]) == 0
-        assert got["rgb_features"].shape == (16, 7, 7, 432)
-        assert got["pose_features"].shape == (48, 7, 7, 216)
+        assert set(got) == {"attention", "rgb_pooled", "pose_pooled", "rgb_logits",
+                            "pose_logits", "scores", "label", "frame_dir"}
         assert got["attention"].shape == (16, 7, 7, 1)
         assert got["rgb_pooled"].shape == (432,) and got["pose_pooled"].shape == (216,)
         assert got["rgb_logits"].shape == got["scores"].shape == (NUM_CLASSES,)
         sample = make_sample(a, config, train=False)
         want = reference(sample["rgb"], sample["heatmap"])
-        for key in ("rgb_logits", "pose_logits", "attention", "rgb_features", "pose_features"):
+        for key in ("rgb_logits", "pose_logits", "attention"):
             assert rel(want[key], got[key]) < 1e-4, key
-        assert rel(want["rgb_features"].mean((0, 1, 2)), got["rgb_pooled"]) < 1e-4
+        assert rel(want["rgb_residual"].mean((0, 1, 2)), got["rgb_pooled"]) < 1e-4
         assert rel(want["pose_features"].mean((0, 1, 2)), got["pose_pooled"]) < 1e-4
         np.testing.assert_allclose(got["scores"], got["rgb_logits"] + got["pose_logits"],
                                    rtol=1e-6, atol=1e-6)
@@ -361,7 +362,7 @@ def test_extract_real_clips_matches_model_apply_and_resumes(
     with np.load(out / "ntu_full.npz") as a, np.load(out / "sub__demo.npz") as b:
         assert rel(a["rgb_pooled"], b["rgb_pooled"]) > 1e-3
     meta = json.loads((out / "extract_meta.json").read_text())
-    assert meta["model"] == "epam" and meta["pooling"] == "both"
+    assert meta["model"] == "epam" and meta["fusion"] == "residual"
 
     # resume: only the missing clip is extracted again; the others are left untouched
     (out / "ntu_first60.npz").unlink()
@@ -374,13 +375,14 @@ def test_extract_real_clips_matches_model_apply_and_resumes(
     assert not list(out.glob(".*.tmp"))
     # other settings into the same folder are refused rather than mixed in
     with pytest.raises(ValueError, match="other settings.*fusion"):
-        extract.main(argv + ["--fusion", "residual"])
+        extract.main(argv + ["--fusion", "multiply"])
 
 
 def test_extract_sharded_over_two_devices(tmp_path: Path, shared_data: Path, ntu: Path,
                                          ntu_poses, model_dir, reference) -> None:
-    """Two local (CPU) devices: the batch of 3 becomes 4 split over the mesh, the last
-    batch is padded; every clip still matches a direct model.apply."""
+    """Two local (CPU) devices: the batch of 3 becomes 4 split over the mesh, padded with
+    one copy; every clip's unpooled and pooled features, attention and logits still match
+    a direct model.apply."""
     ckpt, _ = model_dir
     anns, ann_file = three_clips(ntu_poses[1], ntu, shared_data, tmp_path)
     out = tmp_path / "feats"
@@ -393,20 +395,21 @@ def test_extract_sharded_over_two_devices(tmp_path: Path, shared_data: Path, ntu
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     cmd = [sys.executable, "-c", code, "--checkpoint", str(ckpt), "--out-dir", str(out),
            "--annotations", str(ann_file), "--video-root", str(shared_data),
-           "--batch-size", "3", "--quiet"]
+           "--batch-size", "3", "--pooling", "both", "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     config = ClipConfig(video_root=str(shared_data))
     for a in anns:
         with np.load(out / f"{a['frame_dir'].replace('/', '__')}.npz") as f:
             got = dict(f)
-        assert set(got) == {"attention", "rgb_pooled", "pose_pooled", "rgb_logits",
-                            "pose_logits", "scores", "label", "frame_dir"}
+        assert got["rgb_features"].shape == (16, 7, 7, 432)
+        assert got["pose_features"].shape == (48, 7, 7, 216)
         sample = make_sample(a, config, train=False)
         want = reference(sample["rgb"], sample["heatmap"])
-        for key in ("rgb_logits", "pose_logits", "attention"):
+        for key in ("rgb_logits", "pose_logits", "attention", "rgb_features", "pose_features"):
             assert rel(want[key], got[key]) < 1e-4, key
         assert rel(want["rgb_features"].mean((0, 1, 2)), got["rgb_pooled"]) < 1e-4
+        assert rel(want["pose_features"].mean((0, 1, 2)), got["pose_pooled"]) < 1e-4
 
 
 def test_extract_clear_errors(tmp_path: Path, model_dir, ntu_poses) -> None:
