@@ -490,5 +490,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     return written
 
 
+def run_cli(entry: Callable[[], Any]) -> None:
+    """Run a CLI entry point; the clear errors raised for bad input (unreadable video, no
+    person, wrong checkpoint, unwritable folder, ...) print one line instead of a traceback."""
+    try:
+        entry()
+    except (ValueError, OSError, RuntimeError, ImportError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -26,7 +26,7 @@ import numpy as np
 
 from epam_jax.data import ClipConfig
 from epam_jax.data.ntu_classes import class_names
-from epam_jax.extract import LoadedModel, load_model, make_forward, write_npz
+from epam_jax.extract import LoadedModel, load_model, make_forward, run_cli, write_npz
 from epam_jax.realvideo import VideoClip, check_video, single_video_annotation, video_clip
 from epam_jax.viz import (
     atomic_output,
@@ -176,4 +176,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

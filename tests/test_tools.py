@@ -526,6 +526,13 @@ def test_predict_clear_errors(tmp_path: Path, ntu: Path, ntu_poses, model_dir,
         predict.main([str(garbage), *base])
     with pytest.raises(FileNotFoundError, match="no video file"):
         predict.main([str(tmp_path / "missing.avi"), *base])
+    # the command line prints the message, not a traceback
+    done = subprocess.run(
+        [sys.executable, "-m", "epam_jax.predict", str(garbage), *base],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300,
+    )
+    assert done.returncode == 1 and done.stderr.startswith("error: cannot read video")
+    assert "Traceback" not in done.stderr
 
     empty = dict(ann, keypoint=np.zeros_like(ann["keypoint"]),
                  keypoint_score=np.zeros_like(ann["keypoint_score"]))
