@@ -30,6 +30,7 @@ from epam_jax.data import (
     decode_video_frames,
     load_annotations,
     make_sample,
+    nan_to_zero,
     normalize_rgb,
     parse_annotations,
     rgb_indices,
@@ -152,7 +153,7 @@ def person_box(ann: dict[str, Any], config: ClipConfig) -> tuple[int, int, int, 
     """(x0, y0, x1, y1) around all persons of the whole clip, by the pipeline's own rule
     (``compact_keypoints`` with the config's padding, ratio and threshold); None when
     the keypoints span too little to crop."""
-    kp = ann["keypoint"]
+    kp = nan_to_zero(ann["keypoint"])  # NaN marks a missing joint, as in the pipeline
     moved, (height, width) = compact_keypoints(
         kp,
         ann["img_shape"],
@@ -173,7 +174,7 @@ def person_box(ann: dict[str, Any], config: ClipConfig) -> tuple[int, int, int, 
 def crop_annotation(ann: dict[str, Any], box: tuple[int, int, int, int]) -> dict[str, Any]:
     """``ann`` seen through the crop ``box``: keypoints shifted, img_shape the box's."""
     x0, y0, x1, y1 = box
-    kp = ann["keypoint"].copy()
+    kp = nan_to_zero(ann["keypoint"])
     kp[..., 0][kp[..., 0] != 0] -= x0
     kp[..., 1][kp[..., 1] != 0] -= y0
     shape = (y1 - y0, x1 - x0)
