@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 POSE_ENV := $(CURDIR)/.venv-pose
 POSE_PYTHON := $(POSE_ENV)/bin/python
 
-.PHONY: install pose-env lint test bench
+.PHONY: install pose-env lint test bench demo
 
 install:
 	$(PIP) install -q -e '.[torch,test]'
@@ -24,3 +24,12 @@ test: install lint pose-env
 
 bench: install
 	$(PYTHON) -m benchmarks.run
+
+# Synthetic data -> EPAM-Net trained on CPU -> validation top-1, model, attention picture.
+DEMO_DIR ?= runs/demo
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(PYTHON) -m epam_jax.data.synthetic $(DEMO_DIR)/data --num-classes 6 --train 96 --val 48 \
+	  --size 64 64
+	$(PYTHON) train.py --config configs/demo.py --workdir $(DEMO_DIR)/run \
+	  --config.data.annotations=$(DEMO_DIR)/data/annotations.pkl

@@ -1,7 +1,8 @@
 """EPAM-Net on the synthetic stick-figure dataset, small clips, CPU-sized (``make demo``).
 
-    python -m epam_jax.data.synthetic runs/demo_data --num-classes 6 --train 96 --val 48
-    python train.py --config configs/demo.py --workdir runs/demo
+    python -m epam_jax.data.synthetic runs/demo/data --num-classes 6 --train 96 --val 48 \\
+        --size 64 64
+    python train.py --config configs/demo.py --workdir runs/demo/run
 """
 
 from configs import default
@@ -10,7 +11,7 @@ from configs import default
 def get_config():
     c = default.get_config()
     c.unlock()
-    c.data.annotations = "runs/demo_data/annotations.pkl"
+    c.data.annotations = "runs/demo/data/annotations.pkl"
     c.data.train_split = "train"
     c.data.val_split = "val"
     c.data.num_classes = 6

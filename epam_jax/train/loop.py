@@ -253,6 +253,9 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         writer.close()
         ckpts.wait()
 
+    if not val_metrics:  # nothing left to train (a finished run resumed): evaluate it
+        val_metrics = evaluate(partial(_eval_batch, eval_fn, dp, state), iter(val_loader),
+                               dp.fetch)
     final_step = ckpts.latest_step()
     export_step = ckpts.best_step() if config.export_best and ckpts.best_step() else final_step
     final_state = dp.get_state(state)

@@ -56,6 +56,17 @@ def initialize_distributed(
     return True
 
 
+def _first_replica(tree: Any) -> Any:
+    """Device 0's copy of every leaf of a pmap output (leading device axis dropped)."""
+
+    def first(x: Any) -> np.ndarray:
+        if isinstance(x, np.ndarray):
+            return x[0]
+        return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
+
+    return jax.tree_util.tree_map(first, tree)
+
+
 class DataParallel:
     """Compiled train/eval steps and the batch/state placement for one parallel mode."""
 
@@ -100,15 +111,16 @@ class DataParallel:
         """Host (or replicated) state -> the placement the compiled step expects."""
         if self.parallel == "jit":
             return jax.device_put(state, self.replicated)
-        host = jax.device_get(state)
-        return jax.device_put_replicated(host, self.local_devices)
+        # pmap places a leading axis of size local_device_count on its devices.
+        n = len(self.local_devices)
+        return jax.tree_util.tree_map(
+            lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), jax.device_get(state))
 
     def get_state(self, state: Any) -> Any:
         """The state as replicated global arrays (what checkpoints hold)."""
         if self.parallel == "jit":
             return state
-        host = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data), state)
-        return jax.device_put(host, self.replicated)
+        return jax.device_put(_first_replica(state), self.replicated)
 
     # -- batches -------------------------------------------------------------------
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -118,19 +130,17 @@ class DataParallel:
                     for k, v in batch.items()}
         n = len(self.local_devices)
 
-        def split(v: np.ndarray) -> Any:
+        def split(v: np.ndarray) -> np.ndarray:
             if v.shape[0] % n:
                 raise ValueError(f"local batch {v.shape[0]} does not split over {n} devices")
-            return jax.device_put_sharded(list(v.reshape(n, -1, *v.shape[1:])),
-                                          self.local_devices)
+            return v.reshape(n, -1, *v.shape[1:])  # pmap sends one slice to each device
 
         return {k: split(v) for k, v in batch.items()}
 
     def fetch(self, tree: Any) -> Any:
         """Reduced outputs (replicated) to numpy on every host."""
         if self.parallel == "pmap":
-            return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data),
-                                          tree)
+            return _first_replica(tree)
         return jax.tree_util.tree_map(np.asarray, tree)
 
     # -- steps ---------------------------------------------------------------------

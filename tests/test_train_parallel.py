@@ -1,0 +1,118 @@
+"""Data parallelism on CPU devices: 1 device, 4 under jit, 4 under pmap, and two processes
+(gloo collectives over 127.0.0.1) reach the same parameters from the same global batches.
+
+XLA_FLAGS must be set before jax starts, so every configuration runs in a subprocess
+(this file run as a script). Mode 'rgb' with small clips keeps compiles short; dropout is
+off because pmap draws a mask per device while jit draws one for the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+STEPS, GLOBAL_BATCH, NUM_CLASSES = 3, 8, 5
+
+
+def global_batches() -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [{"rgb": rng.standard_normal((GLOBAL_BATCH, 4, 32, 32, 3)).astype(np.float32),
+             "label": rng.integers(0, NUM_CLASSES, GLOBAL_BATCH).astype(np.int32)}
+            for _ in range(STEPS)]
+
+
+def run(parallel: str, num_devices: int | None, out: str, process: tuple[int, int, int]
+        ) -> None:
+    """Train STEPS steps; the first process writes the flat params/batch_stats to ``out``."""
+    import jax
+
+    from epam_jax.train import (
+        DataParallel,
+        build_model,
+        create_train_state,
+        initial_variables,
+        initialize_distributed,
+        make_optimizer,
+        make_schedule,
+    )
+
+    port, pid, count = process
+    if count > 1:
+        initialize_distributed(f"127.0.0.1:{port}", count, pid)
+    devices = jax.devices()[:num_devices] if num_devices else None
+    dp = DataParallel(parallel, devices)
+    model = build_model("rgb", NUM_CLASSES, dropout_ratio=0.0, bn_axis_name=dp.bn_axis_name)
+    variables = initial_variables(model, "rgb", jax.random.PRNGKey(0))
+    tx = make_optimizer(variables["params"], make_schedule(0.2, 10))
+    state = dp.put_state(jax.device_put(create_train_state(model, variables, tx, 0),
+                                        dp.replicated))
+    step = dp.train_step(mode="rgb")
+    local = GLOBAL_BATCH // count
+    for batch in global_batches():
+        mine = {k: v[pid * local:(pid + 1) * local] for k, v in batch.items()}
+        state, metrics = step(state, dp.put_batch(mine))
+    final = jax.device_get(dp.get_state(state).variables)
+    assert int(dp.fetch(metrics)["count"]) == GLOBAL_BATCH
+    if pid == 0:
+        flat = {jax.tree_util.keystr(k): np.asarray(v)
+                for k, v in jax.tree_util.tree_leaves_with_path(final)}
+        np.savez(out, **flat)
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                        "--xla_backend_optimization_level=0")
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _spawn(args: list[str], devices: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, *args], env=_env(devices),
+                            cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(procs: list[subprocess.Popen]) -> None:
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=600)
+            assert p.returncode == 0, out[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _relative(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max() / max(np.abs(a[k]).max(), 1e-12)) for k in a)
+
+
+def test_one_device_jit_pmap_and_two_processes_agree(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runs = {"one": ("jit", "1", 4), "jit4": ("jit", "0", 4), "pmap4": ("pmap", "0", 4)}
+    procs = [_spawn([name, parallel, n, str(tmp_path / f"{name}.npz"), "0", "0", "1"], dev)
+             for name, (parallel, n, dev) in runs.items()]
+    procs += [_spawn(["two", "jit", "0", str(tmp_path / "two.npz"), str(port), str(i), "2"], 1)
+              for i in range(2)]
+    _wait(procs)
+    result = {name: dict(np.load(tmp_path / f"{name}.npz"))
+              for name in ("one", "jit4", "pmap4", "two")}
+    initial = result["one"]["['params']['rgb_cls_head']['fc_cls']['kernel']"]
+    assert np.abs(initial).max() > 0
+    for name in ("jit4", "pmap4", "two"):
+        assert _relative(result["one"], result[name]) < 1e-5, name
+
+
+if __name__ == "__main__":
+    name, parallel, n, out, port, pid, count = sys.argv[1:]
+    run(parallel, int(n) or None, out, (int(port), int(pid), int(count)))
