@@ -108,7 +108,8 @@ class X3DStream(nn.Module):
 
     Input (N, T, H, W, in_channels); output (N, T, H', W', head_channels) with
     H' the input height after the stem and one stride-2 step per stage.
-    ``remat`` recomputes each stage in the backward pass to save memory.
+    ``remat`` recomputes each stage in the backward pass to save memory; on CPU jit
+    the step with ``compiler_options=epam_jax.xla_options.compiler_options()``.
     """
 
     in_channels: int

@@ -1,0 +1,355 @@
+"""Side-by-side benchmark: the JAX EPAM-Net against the pinned PyTorch reference.
+
+    python -m benchmarks.run [--quick] [--json PATH] [--eval-batches 1,4,16]
+                             [--train-batches 2,8] [--dtypes float32,bfloat16]
+                             [--torch-threads auto] [--allocator tuned]
+
+One run measures, on the same weights and the same clips (16x224x224 RGB and
+48x56x56x17 pose heatmaps): eval throughput, train-step throughput (forward,
+backward and SGD with momentum and weight decay on CE(rgb) + CE(pose)), the
+first-call compile time of the JAX functions and the peak memory of each
+configuration. Every configuration runs in its own process
+(``benchmarks.worker``), so its ``ru_maxrss`` is its own. Throughput is the
+best of several repetitions (the median is kept in the JSON); each repetition
+also records how busy the rest of the machine was.
+
+``--torch-threads auto`` times PyTorch eval at the first batch with 1 and with
+2 threads and uses the faster count for the other PyTorch configurations.
+``--allocator tuned`` (the default) runs both frameworks with glibc malloc
+kept from returning memory to the kernel (``MALLOC_*`` variables below): both
+free and re-allocate buffers of tens of MB every call, and re-faulting those
+pages costs about as much as the arithmetic on a small VM. ``default`` leaves
+the environment alone.
+
+Also printed: parameters and FLOPs per stream counted from the model
+(``benchmarks.flops``) beside the published figures, and the heatmap
+benchmark (``benchmarks.heatmaps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.worker import FLAX_WEIGHTS, NUM_CLASSES, TORCH_WEIGHTS
+
+ROOT = Path(__file__).resolve().parents[1]
+TUNED_MALLOC = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(16 << 30),
+    "MALLOC_TOP_PAD_": str(512 << 20),
+}
+
+
+def _csv(kind):
+    def parse(text: str):
+        return [kind(v) for v in text.split(",") if v.strip()]
+
+    return parse
+
+
+def prepare_weights(directory: str, seed: int) -> str:
+    """Write the same random weights for both frameworks; returns where they came from.
+
+    With torch installed: the reference filled by ``randomize_`` (non-trivial
+    BatchNorm statistics) and its conversion. Without: the JAX initialisation only.
+    """
+    from flax import traverse_util
+
+    try:
+        import torch
+
+        from converters import torch_to_flax
+        from converters.reference import build_reference, randomize_
+    except ImportError:
+        import jax
+
+        from epam_jax.models import EPAMNet, init_variables
+
+        variables = init_variables(EPAMNet(num_classes=NUM_CLASSES), jax.random.key(seed))
+        source = "JAX initialisation (torch not installed)"
+    else:
+        reference = randomize_(build_reference("epam", num_classes=NUM_CLASSES), seed)
+        torch.save(reference.state_dict(), os.path.join(directory, TORCH_WEIGHTS))
+        variables = torch_to_flax(reference.state_dict(), "epam")
+        source = f"converters.reference.randomize_(seed={seed}), converted"
+    flat = traverse_util.flatten_dict(variables)
+    np.savez(
+        os.path.join(directory, FLAX_WEIGHTS),
+        **{"/".join(k): np.asarray(v, np.float32) for k, v in flat.items()},
+    )
+    return source
+
+
+def run_config(
+    config: dict[str, Any], weights: str, env: dict[str, str], timing: dict, timeout: float
+) -> dict[str, Any]:
+    """Run one configuration in a subprocess; its result dict, or an 'error'."""
+    cmd = [
+        sys.executable, "-m", "benchmarks.worker",
+        "--framework", config["framework"], "--mode", config["mode"],
+        "--batch", str(config["batch"]), "--weights", weights,
+        "--dtype", config.get("dtype", "float32"), "--threads", str(config.get("threads", 1)),
+        "--reps", str(timing["reps"]), "--min-time", str(timing["min_time"]),
+        "--max-time", str(timing["max_time"]),
+    ]
+    if config.get("remat"):
+        cmd.append("--remat")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {**config, "error": f"timed out after {timeout:.0f} s"}
+    wall = time.perf_counter() - t0
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else " | ".join(tail)
+        return {**config, "error": f"exit {proc.returncode}: {reason}", "process_s": wall}
+    return {**config, **json.loads(lines[-1][len("RESULT "):]), "process_s": wall}
+
+
+def _label(r: dict[str, Any]) -> str:
+    if r["framework"] == "torch":
+        return f"torch {r['threads']}T"
+    return f"jax {'bf16' if r.get('dtype') == 'bfloat16' else 'fp32'}"
+
+
+def _fmt_rate(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "-"
+    if "error" in r:
+        return "failed"
+    return f"{r['clips_per_s']:.2f}"
+
+
+def _gb(r: dict[str, Any] | None, key: str = "peak_rss_bytes") -> str:
+    if r is None or key not in r:
+        return "-"
+    return f"{r[key] / 2**30:.2f}"
+
+
+def summarize(results: list[dict[str, Any]], dtypes: list[str]) -> tuple[str, list[dict]]:
+    """The side-by-side table and its rows (speedup = JAX / best PyTorch)."""
+    rows = []
+    keys = sorted({(r["mode"], r["batch"]) for r in results}, key=lambda k: (k[0] != "eval", k))
+    for mode, batch in keys:
+        group = [r for r in results if r["mode"] == mode and r["batch"] == batch]
+        torch_ok = [r for r in group if r["framework"] == "torch" and "error" not in r]
+        best_torch = max(torch_ok, key=lambda r: r["clips_per_s"], default=None)
+        row: dict[str, Any] = {"mode": mode, "batch": batch}
+        for dtype in dtypes:
+            jr = next((r for r in group if r["framework"] == "jax" and r["dtype"] == dtype), None)
+            row[dtype] = jr
+        row["torch"] = best_torch
+        row["torch_all"] = [r for r in group if r["framework"] == "torch"]
+        rows.append(row)
+    head = ["mode", "batch"]
+    head += [f"jax {'bf16' if d == 'bfloat16' else 'fp32'} clips/s" for d in dtypes]
+    head += ["torch clips/s", "speedup", "jax compile s", "jax RSS GB", "torch RSS GB"]
+    lines = [head]
+    for row in rows:
+        jr, tr = row[dtypes[0]], row["torch"]
+        speed = "-"
+        if jr and tr and "error" not in jr:
+            speed = f"{jr['clips_per_s'] / tr['clips_per_s']:.2f}x"
+        torch_cell = _fmt_rate(tr) + (f" ({tr['threads']}T)" if tr else "")
+        compile_s = f"{jr['compile_s']:.1f}" if jr and "compile_s" in jr else "-"
+        lines.append(
+            [row["mode"], str(row["batch"])]
+            + [_fmt_rate(row[d]) for d in dtypes]
+            + [torch_cell, speed, compile_s, _gb(jr), _gb(tr)]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    text.insert(1, "-" * len(text[0]))
+    return "\n".join(text), rows
+
+
+def output_agreement(results: list[dict[str, Any]]) -> float | None:
+    """Largest relative difference of JAX fp32 and PyTorch eval logits (first clip)."""
+    worst = None
+    for r in results:
+        if r["framework"] != "jax" or r["mode"] != "eval" or r.get("dtype") != "float32":
+            continue
+        for t in results:
+            if t["framework"] == "torch" and t["mode"] == "eval" and t["batch"] == r["batch"]:
+                if "logits" not in r or "logits" not in t:
+                    continue
+                a, b = np.asarray(r["logits"]), np.asarray(t["logits"])
+                err = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+                worst = err if worst is None else max(worst, err)
+    return worst
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+        with open("/proc/meminfo") as f:
+            info["mem_total_gb"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        info["cpu"] = platform.processor()
+    import jax
+
+    info["jax"] = jax.__version__
+    info["jax_backend"] = jax.default_backend()
+    info["jax_devices"] = [d.device_kind for d in jax.devices()]
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="eval batch 1 and train batch 2 only, fewer repetitions")
+    parser.add_argument("--eval-batches", type=_csv(int), default=[1, 4, 16])
+    parser.add_argument("--train-batches", type=_csv(int), default=[2, 8])
+    parser.add_argument("--dtypes", type=_csv(str), default=["float32", "bfloat16"],
+                        help="JAX compute dtypes (PyTorch runs float32)")
+    parser.add_argument("--torch-threads", default="auto",
+                        help="'auto' (try 1 and 2 at the first eval batch), or e.g. '1' or '1,2'")
+    parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
+    parser.add_argument("--frameworks", type=_csv(str), default=["jax", "torch"])
+    parser.add_argument("--remat", action="store_true", help="JAX train step with remat=True")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--max-time", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per configuration")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-flops", action="store_true")
+    parser.add_argument("--no-heatmaps", action="store_true")
+    parser.add_argument("--json", help="write every figure to this JSON file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.eval_batches, args.train_batches = args.eval_batches[:1], args.train_batches[:1]
+        args.reps, args.min_time = 3, 1.0
+    timing = {"reps": args.reps, "min_time": args.min_time, "max_time": args.max_time}
+    env = dict(os.environ)
+    if args.allocator == "tuned":
+        env.update(TUNED_MALLOC)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    info = machine()
+    print(f"machine: {info.get('cpu')}, {info['cpus']} CPUs, jax {info['jax']} "
+          f"({info['jax_backend']}: {', '.join(info['jax_devices'])}), torch {info['torch']}")
+    if info["jax_backend"] == "cpu":
+        print("no GPU visible to JAX: GPU figures are not measured in this run")
+    if info["torch"] is None and "torch" in args.frameworks:
+        args.frameworks = [f for f in args.frameworks if f != "torch"]
+        print("torch is not installed: JAX only")
+
+    results: list[dict[str, Any]] = []
+
+    def run(config: dict[str, Any]) -> dict[str, Any]:
+        print(f"  {config['mode']:5s} batch {config['batch']:2d} {_label(config):10s} ...",
+              end=" ", flush=True)
+        r = run_config(config, weights, env, timing, args.timeout)
+        results.append(r)
+        if "error" in r:
+            print(r["error"])
+        else:
+            extra = f", compile {r['compile_s']:.1f} s" if "compile_s" in r else ""
+            print(f"{r['clips_per_s']:.2f} clips/s (median {r['clips_per_s_median']:.2f}), "
+                  f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GB{extra}, "
+                  f"other load <= {r['other_load_max']}")
+        return r
+
+    with tempfile.TemporaryDirectory(prefix="epam_bench_") as weights:
+        source = prepare_weights(weights, args.seed)
+        print(f"weights: {source}; allocator: {args.allocator}")
+        if args.torch_threads == "auto":
+            torch_threads = [1, 2] if (os.cpu_count() or 1) > 1 else [1]
+            auto = True
+        else:
+            torch_threads, auto = _csv(int)(args.torch_threads), False
+        for mode, batches in (("eval", args.eval_batches), ("train", args.train_batches)):
+            for batch in batches:
+                if "jax" in args.frameworks:
+                    for dtype in args.dtypes:
+                        run({"framework": "jax", "mode": mode, "batch": batch, "dtype": dtype,
+                             "remat": args.remat and mode == "train"})
+                if "torch" in args.frameworks:
+                    for threads in torch_threads:
+                        run({"framework": "torch", "mode": mode, "batch": batch,
+                             "dtype": "float32", "threads": threads})
+                    if auto and len(torch_threads) > 1:
+                        tried = [r for r in results[-len(torch_threads):] if "error" not in r]
+                        if tried:
+                            best = max(tried, key=lambda r: r["clips_per_s"])
+                            torch_threads = [best["threads"]]
+                            print(f"  torch: using {best['threads']} thread(s) from here on")
+
+    table, rows = summarize(results, args.dtypes)
+    print()
+    print("Throughput in clips/s (best of the repetitions); speedup = JAX "
+          f"{args.dtypes[0]} / best PyTorch")
+    print(table)
+    agreement = output_agreement(results)
+    if agreement is not None:
+        print(f"eval logits, JAX fp32 vs PyTorch on the same clips: max relative difference "
+              f"{agreement:.1e}")
+    report: dict[str, Any] = {
+        "machine": info,
+        "settings": {**vars(args), "weights": source,
+                     "allocator_env": TUNED_MALLOC if args.allocator == "tuned" else {}},
+        "results": results,
+        "logits_max_rel_diff": agreement,
+    }
+
+    if not args.no_flops:
+        from benchmarks import flops
+
+        counted, xla = flops.count(), flops.xla_cost()
+        print()
+        print("Parameters and FLOPs per clip, counted from the model (FLOP = 2 MAC):")
+        print(flops.table(counted, xla))
+        report["flops"] = {"counted": counted, "xla_gflops": xla, "claims": flops.CLAIMS}
+
+    if not args.no_heatmaps:
+        try:
+            from benchmarks import heatmaps
+        except ImportError as exc:
+            print(f"\nheatmap benchmark unavailable: {exc}")
+        else:
+            hm = heatmaps.run()
+            report["heatmaps"] = hm
+            print()
+            print(f"Heatmaps (batch {hm['batch']}, {hm['persons']} persons, {hm['frames']} "
+                  f"frames): numpy {hm['numpy_clips_per_s']:.1f} clips/s, JAX "
+                  f"{hm['jax_clips_per_s']:.1f} clips/s on {hm['device']}, "
+                  f"max |diff| {hm['max_abs_diff']:.1e}")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""One benchmark configuration, run in its own process; prints one ``RESULT {json}`` line.
+
+    python -m benchmarks.worker --framework jax --mode eval --batch 4 --weights DIR
+
+A fresh process per configuration keeps the peak-RSS figure (``ru_maxrss``) and
+the allocator state of one configuration out of the others. Both frameworks
+read the same weights from ``DIR`` (written by ``benchmarks.run``) and make the
+same clips from the same seed, so their outputs can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+RGB_FRAMES, POSE_FRAMES, RGB_SIDE, POSE_SIDE = 16, 48, 224, 56
+NUM_CLASSES = 60
+LR, MOMENTUM, WEIGHT_DECAY = 0.001, 0.9, 3e-4
+TORCH_WEIGHTS = "reference.pt"
+FLAX_WEIGHTS = "variables.npz"
+
+
+def make_clips(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rgb, pose, labels)`` in PyTorch layout: normalised-looking RGB, heatmaps in [0, 1)."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.standard_normal((batch, 3, RGB_FRAMES, RGB_SIDE, RGB_SIDE), dtype=np.float32)
+    pose = rng.random((batch, 17, POSE_FRAMES, POSE_SIDE, POSE_SIDE), dtype=np.float32)
+    labels = rng.integers(0, NUM_CLASSES, batch)
+    return rgb, pose, labels
+
+
+def _cpu_busy_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine so far (Linux), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = fields[0] + fields[1] + fields[2] + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def measure(
+    fn: Callable[[], Any], reps: int, min_time: float, max_time: float
+) -> dict[str, Any]:
+    """Time ``fn`` at least ``reps`` times and ``min_time`` seconds (at most ``max_time``).
+
+    Besides the times, records for every repetition the share of the machine's
+    CPUs that other processes used meanwhile, so a reader can tell a quiet
+    measurement from a contended one.
+    """
+    times, other = [], []
+    start = time.perf_counter()
+    while True:
+        busy0, own0, t0 = _cpu_busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+        fn()
+        t1 = time.perf_counter()
+        busy1, own1 = _cpu_busy_seconds(), _own_cpu_seconds()
+        times.append(t1 - t0)
+        if busy0 is not None and busy1 is not None:
+            foreign = max(0.0, (busy1 - busy0) - (own1 - own0))
+            other.append(foreign / ((os.cpu_count() or 1) * (t1 - t0)))
+        elapsed = t1 - start
+        if len(times) >= reps and elapsed >= min_time:
+            break
+        if elapsed >= max_time and len(times) >= 2:
+            break
+    return {
+        "times_s": [round(t, 5) for t in times],
+        "best_s": min(times),
+        "median_s": statistics.median(times),
+        "other_load_max": round(max(other), 3) if other else None,
+        "other_load_mean": round(statistics.fmean(other), 3) if other else None,
+    }
+
+
+def peak_rss_bytes() -> int:
+    """High-water mark of this process's resident memory."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+# ---------------------------------------------------------------------------
+# JAX
+
+
+def _load_flax(weights: str) -> dict:
+    from flax import traverse_util
+
+    with np.load(os.path.join(weights, FLAX_WEIGHTS)) as f:
+        flat = {tuple(k.split("/")): f[k] for k in f.files}
+    return traverse_util.unflatten_dict(flat)
+
+
+def run_jax(args: argparse.Namespace) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from epam_jax.models import EPAMNet
+    from epam_jax.xla_options import compiler_options
+
+    dtype = jnp.dtype(args.dtype)
+    model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=args.remat)
+    variables = jax.device_put(_load_flax(args.weights))
+    rgb_np, pose_np, labels_np = make_clips(args.batch, args.seed)
+    rgb = jax.device_put(rgb_np.transpose(0, 2, 3, 4, 1))
+    pose = jax.device_put(pose_np.transpose(0, 2, 3, 4, 1))
+    labels = jax.device_put(labels_np)
+    out: dict[str, Any] = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
+
+    if args.mode == "eval":
+        forward = jax.jit(lambda v, r, p: model.apply(v, r, p))
+        t0 = time.perf_counter()
+        compiled = forward.lower(variables, rgb, pose).compile()
+        out["compile_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        logits = jax.block_until_ready(compiled(variables, rgb, pose))
+        out["first_run_s"] = time.perf_counter() - t0
+        out["logits"] = [np.asarray(x[0], np.float64).round(6).tolist() for x in logits]
+
+        def call() -> None:
+            jax.block_until_ready(compiled(variables, rgb, pose))
+
+    else:
+        tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LR, MOMENTUM))
+
+        def loss_fn(params, batch_stats, rgb, pose, labels, rng):
+            (rgb_logits, pose_logits), new = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                rgb,
+                pose,
+                train=True,
+                rngs={"dropout": rng},
+                mutable=["batch_stats"],
+            )
+            ce = optax.softmax_cross_entropy_with_integer_labels
+            loss = ce(rgb_logits, labels).mean() + ce(pose_logits, labels).mean()
+            return loss, new["batch_stats"]
+
+        def train_step(state, rgb, pose, labels, rng):
+            params, batch_stats, opt_state = state
+            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+            (loss, batch_stats), grads = grad_fn(params, batch_stats, rgb, pose, labels, rng)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+        step = jax.jit(train_step, donate_argnums=(0,), compiler_options=compiler_options())
+        params = variables["params"]
+        state = (params, variables["batch_stats"], tx.init(params))
+        rng = jax.random.key(args.seed)
+        t0 = time.perf_counter()
+        compiled = step.lower(state, rgb, pose, labels, rng).compile()
+        out["compile_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state, loss = compiled(state, rgb, pose, labels, rng)
+        out["loss"] = float(jax.block_until_ready(loss))
+        out["first_run_s"] = time.perf_counter() - t0
+        holder = [state]
+
+        def call() -> None:
+            new_state, loss = compiled(holder[0], rgb, pose, labels, rng)
+            holder[0] = new_state
+            jax.block_until_ready(loss)
+
+    out.update(measure(call, args.reps, args.min_time, args.max_time))
+    stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        out["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# PyTorch
+
+
+def run_torch(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from converters.reference import build_reference
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = build_reference("epam", num_classes=NUM_CLASSES)
+    state = torch.load(os.path.join(args.weights, TORCH_WEIGHTS), weights_only=True)
+    model.load_state_dict(state)
+    rgb_np, pose_np, labels_np = make_clips(args.batch, args.seed)
+    rgb, pose = torch.from_numpy(rgb_np), torch.from_numpy(pose_np)
+    labels = torch.from_numpy(labels_np)
+    out: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+    if args.mode == "eval":
+        model.eval()
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return model(rgb, pose)
+
+    else:
+        model.train()
+        opt = torch.optim.SGD(
+            model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+        )
+
+        def call() -> Any:
+            opt.zero_grad(set_to_none=True)
+            rgb_logits, pose_logits = model(rgb, pose)
+            loss = F.cross_entropy(rgb_logits, labels) + F.cross_entropy(pose_logits, labels)
+            loss.backward()
+            opt.step()
+            return loss
+
+    t0 = time.perf_counter()
+    first = call()
+    out["first_run_s"] = time.perf_counter() - t0
+    if args.mode == "eval":
+        out["logits"] = [x[0].double().numpy().round(6).tolist() for x in first]
+    else:
+        out["loss"] = float(first)
+    out.update(measure(call, args.reps, args.min_time, args.max_time))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--framework", choices=("jax", "torch"), required=True)
+    parser.add_argument("--mode", choices=("eval", "train"), required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--weights", required=True, help="directory written by benchmarks.run")
+    parser.add_argument("--dtype", default="float32", help="JAX compute dtype")
+    parser.add_argument("--remat", action="store_true", help="JAX: recompute stages in backward")
+    parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=2.0)
+    parser.add_argument("--max-time", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    result = run_jax(args) if args.framework == "jax" else run_torch(args)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    result["clips_per_s"] = args.batch / result["best_s"]
+    result["clips_per_s_median"] = args.batch / result["median_s"]
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Mixed precision and rematerialisation: options for speed and memory that keep the numbers.
+
+bfloat16 compute is checked against the float32 PyTorch reference at a looser
+tolerance; ``remat`` must give the same gradients and, on CPU with
+``epam_jax.xla_options.compiler_options()``, less memory.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import ncthw_to_ndhwc, random_clips, relative_error
+
+from epam_jax.models import EPAMNet, SingleStreamNet, variable_shapes
+from epam_jax.xla_options import KEEP_REMAT_BARRIERS, compiler_options
+
+# bfloat16 keeps 8 bits of mantissa: one rounding is 2**-9 ~ 2e-3 relative, and
+# about 60 layers of it add up. Measured on these inputs: 3.2e-3 (rgb logits),
+# 6.1e-3 (pose logits), 3.5e-3 (attention).
+BF16_TOL = 2e-2
+
+
+def test_bfloat16_eval_against_the_float32_reference():
+    torch = pytest.importorskip("torch")
+    from converters import torch_to_flax
+    from converters.reference import build_reference, randomize_
+
+    ref = randomize_(build_reference("epam", num_classes=10), seed=5).eval()
+    variables = torch_to_flax(ref.state_dict(), "epam")
+    rgb, pose = random_clips(2, 64, seed=5)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(rgb), torch.from_numpy(pose))
+        _, _, expected_attention = ref.extract_feats(torch.from_numpy(rgb), torch.from_numpy(pose))
+
+    net = EPAMNet(num_classes=10, dtype=jnp.bfloat16)
+    apply = jax.jit(lambda v, a, b: net.apply(v, a, b, return_attention=True))
+    rgb_logits, pose_logits, attention = apply(
+        variables, ncthw_to_ndhwc(rgb), ncthw_to_ndhwc(pose)
+    )
+    assert rgb_logits.dtype == pose_logits.dtype == jnp.float32  # logits leave in float32
+    assert attention.dtype == jnp.bfloat16  # the computation really ran in bfloat16
+    errors = {
+        "rgb": relative_error(expected[0], rgb_logits),
+        "pose": relative_error(expected[1], pose_logits),
+        "attention": relative_error(ncthw_to_ndhwc(expected_attention), attention),
+    }
+    assert max(errors.values()) <= BF16_TOL, errors
+    # and it is not float32 in disguise
+    assert max(errors.values()) > 1e-4, errors
+
+
+def test_bfloat16_training_keeps_parameters_and_statistics_in_float32():
+    net = SingleStreamNet(stream="pose", num_classes=5, dtype=jnp.bfloat16)
+    shapes = variable_shapes(net)
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(shapes))
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variable_shapes(
+        EPAMNet(dtype=jnp.bfloat16))))
+
+    variables = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, 0.5, s.dtype), shapes)
+    _, pose = random_clips(2, 64, t_pose=16, seed=6)
+
+    def loss_fn(params):
+        logits, updates = net.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            ncthw_to_ndhwc(pose), train=True, mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(0)},
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([1, 3])).mean(), (
+            logits, updates
+        )
+
+    (loss, (logits, updates)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+        variables["params"]
+    )
+    assert logits.dtype == loss.dtype == jnp.float32 and np.isfinite(float(loss))
+    assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
+    stats = jax.tree_util.tree_leaves(updates["batch_stats"])
+    assert all(s.dtype == jnp.float32 for s in stats)
+    assert all(np.all(np.isfinite(np.asarray(s))) for s in stats)
+    moved = [not np.allclose(s, 0.5) for s in stats]
+    assert all(moved)
+
+
+def test_compiler_options_are_for_cpu_only():
+    assert compiler_options("cpu") == KEEP_REMAT_BARRIERS
+    assert compiler_options("gpu") is None and compiler_options("tpu") is None
+
+
+def test_remat_keeps_names_and_gradients_and_saves_memory_on_cpu():
+    """Same variable tree, same gradients; compiled buffers shrink by more than a third."""
+    x = np.random.default_rng(7).random((2, 16, 32, 32, 17), dtype=np.float32)
+    labels = jnp.array([2, 4])
+    results = {}
+    for remat in (False, True):
+        net = SingleStreamNet(stream="pose", num_classes=6, dropout_ratio=0.0, remat=remat)
+        shapes = variable_shapes(net)
+        rng = np.random.default_rng(8)
+        variables = jax.tree_util.tree_map(
+            lambda s, rng=rng: jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype), shapes
+        )
+
+        def loss_fn(params, net=net, variables=variables):
+            logits, updates = net.apply(
+                {"params": params, "batch_stats": variables["batch_stats"]},
+                x, train=True, mutable=["batch_stats"],
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, updates
+
+        step = jax.jit(
+            jax.value_and_grad(loss_fn, has_aux=True), compiler_options=compiler_options()
+        )
+        compiled = step.lower(variables["params"]).compile()
+        (loss, updates), grads = compiled(variables["params"])
+        results[remat] = {
+            "shapes": jax.tree_util.tree_map(lambda s: (s.shape, s.dtype), shapes),
+            "loss": float(loss),
+            "grads": grads,
+            "stats": updates["batch_stats"],
+            "temp": compiled.memory_analysis().temp_size_in_bytes,
+        }
+    plain, remat = results[False], results[True]
+    assert plain["shapes"] == remat["shapes"]
+    assert remat["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(plain["grads"]), jax.tree_util.tree_leaves(remat["grads"]),
+        strict=True,
+    ):
+        assert relative_error(a, b) <= 1e-5
+    for a, b in zip(
+        jax.tree_util.tree_leaves(plain["stats"]), jax.tree_util.tree_leaves(remat["stats"]),
+        strict=True,
+    ):
+        assert relative_error(a, b) <= 1e-6
+    if jax.default_backend() == "cpu":
+        assert remat["temp"] < 0.65 * plain["temp"], (remat["temp"], plain["temp"])
