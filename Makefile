@@ -29,7 +29,7 @@ bench: install
 DEMO_DIR ?= runs/demo
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(PYTHON) -m epam_jax.data.synthetic $(DEMO_DIR)/data --num-classes 6 --train 96 --val 48 \
+	$(PYTHON) -m epam_jax.data.synthetic $(DEMO_DIR)/data --num-classes 6 --train 192 --val 48 \
 	  --size 64 64
 	$(PYTHON) train.py --config configs/demo.py --workdir $(DEMO_DIR)/run \
 	  --config.data.annotations=$(DEMO_DIR)/data/annotations.pkl

@@ -1,6 +1,6 @@
 """EPAM-Net on the synthetic stick-figure dataset, small clips, CPU-sized (``make demo``).
 
-    python -m epam_jax.data.synthetic runs/demo/data --num-classes 6 --train 96 --val 48 \\
+    python -m epam_jax.data.synthetic runs/demo/data --num-classes 6 --train 192 --val 48 \\
         --size 64 64
     python train.py --config configs/demo.py --workdir runs/demo/run
 """
@@ -24,10 +24,11 @@ def get_config():
     c.model.dropout_ratio = 0.2
     c.batch_size = 16
     c.eval_batch_size = 16
-    c.num_epochs = 10
+    c.num_epochs = 8  # 96 steps of 16 clips
+    c.eval_every_steps = 24
     c.optimizer.lr = 0.1
-    c.optimizer.warmup_steps = 0
-    c.log_every_steps = 1
+    c.optimizer.warmup_steps = 6
+    c.log_every_steps = 4
     c.keep_checkpoints = 1
     c.attention_picture = True
     c.lock()

@@ -69,6 +69,8 @@ def _env(devices: int) -> dict[str, str]:
     env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
                         "--xla_backend_optimization_level=0")
     env["JAX_PLATFORMS"] = "cpu"
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
 
