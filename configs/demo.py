@@ -16,7 +16,7 @@ def get_config():
     c.data.val_split = "val"
     c.data.num_classes = 6
     c.data.clip_len = 16
-    c.data.rgb_stride = 2  # 8 RGB frames
+    c.data.rgb_stride = 4  # 4 RGB frames
     c.data.rgb_size = 64
     c.data.heatmap_size = 16
     c.data.worker_count = 0
@@ -24,8 +24,8 @@ def get_config():
     c.model.dropout_ratio = 0.2
     c.batch_size = 16
     c.eval_batch_size = 16
-    c.num_epochs = 8  # 96 steps of 16 clips
-    c.eval_every_steps = 24
+    c.num_epochs = 7  # 84 steps of 16 clips
+    c.eval_every_steps = 42
     c.optimizer.lr = 0.1
     c.optimizer.warmup_steps = 6
     c.log_every_steps = 4

@@ -302,7 +302,24 @@ def export_model(path: Path, state: Any, config: Any, step: int,
     variables = jax.device_get(state.variables)
     extra = {"step": int(step), "mode": config.mode,
              "val_top1": float(metrics.get(BEST_METRIC, float("nan")))}
-    return save_variables(path, variables, **extra)
+    if jax.process_count() == 1:
+        return save_variables(path, variables, **extra)
+    # Several hosts: the orbax write is collective, the description is written once.
+    import orbax.checkpoint as ocp
+
+    from epam_jax.checkpoints import META_FILE, VARIABLES_DIR, describe
+
+    path = path.absolute()
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path / VARIABLES_DIR, {c: dict(variables[c])
+                                             for c in ("params", "batch_stats")})
+    checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+        tmp = path / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(describe(variables) | extra, indent=2, sort_keys=True))
+        tmp.replace(path / META_FILE)
+    multihost_utils.sync_global_devices("epam_jax export: model written")
+    return path
 
 
 def write_attention_picture(config: Any, variables: Mapping, val_loader: Any,
