@@ -137,3 +137,43 @@ def test_remat_keeps_names_and_gradients_and_saves_memory_on_cpu():
         assert relative_error(a, b) <= 1e-6
     if jax.default_backend() == "cpu":
         assert remat["temp"] < 0.65 * plain["temp"], (remat["temp"], plain["temp"])
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride",
+    [
+        ((2, 3, 17, 19, 3), 3, 2),  # odd sizes through space-to-depth
+        ((1, 2, 16, 16, 5), 3, 2),
+        ((1, 2, 15, 14, 4), 5, 2),
+        ((1, 2, 9, 9, 3), 3, 3),
+        ((1, 2, 12, 13, 17), 3, 1),  # the pose stem's path
+        ((1, 2, 10, 10, 3), 5, 1),
+        ((1, 1, 8, 8, 2), 1, 2),
+    ],
+)
+def test_fast_convolutions_equal_xla_convolution(shape, kernel, stride):
+    """The matmul formulations of the dense and depthwise convolutions, on odd shapes."""
+    from jax import lax
+
+    from epam_jax.layers import depthwise_conv, pointwise_conv, spatial_conv
+
+    rng = np.random.default_rng(9)
+    n, t, h, w, c = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    frames = x.reshape(n * t, h, w, c)
+    pad = ((kernel // 2, kernel // 2),) * 2
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def reference(k, groups=1):
+        y = lax.conv_general_dilated(
+            frames, k[0], (stride, stride), pad, dimension_numbers=dims,
+            feature_group_count=groups, precision=lax.Precision.HIGHEST,
+        )
+        return np.asarray(y).reshape(n, t, *y.shape[1:])
+
+    dense = rng.standard_normal((1, kernel, kernel, c, 6)).astype(np.float32)
+    assert relative_error(reference(dense), spatial_conv(x, dense, stride)) <= 1e-6
+    depthwise = rng.standard_normal((1, kernel, kernel, 1, c)).astype(np.float32)
+    assert relative_error(reference(depthwise, c), depthwise_conv(x, depthwise, stride)) <= 1e-6
+    if kernel == 1:
+        assert relative_error(reference(dense), pointwise_conv(x, dense, stride)) <= 1e-6
