@@ -24,8 +24,8 @@ def get_config():
     c.model.dropout_ratio = 0.2
     c.batch_size = 16
     c.eval_batch_size = 16
-    c.num_epochs = 7  # 84 steps of 16 clips
-    c.eval_every_steps = 42
+    c.num_epochs = 8  # 96 steps of 16 clips
+    c.eval_every_steps = 48
     c.optimizer.lr = 0.1
     c.optimizer.warmup_steps = 6
     c.log_every_steps = 4
