@@ -104,8 +104,8 @@ def run_config(
         "--reps", str(timing["reps"]), "--min-time", str(timing["min_time"]),
         "--max-time", str(timing["max_time"]),
     ]
-    if config.get("remat"):
-        cmd.append("--remat")
+    if config["framework"] == "jax" and config["mode"] == "train":
+        cmd += ["--remat", config.get("remat", "auto")]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -133,7 +133,7 @@ def _fmt_rate(r: dict[str, Any] | None) -> str:
         return "-"
     if "error" in r:
         return "failed"
-    return f"{r['clips_per_s']:.2f}"
+    return f"{r['clips_per_s']:.2f}" + (" (remat)" if r.get("remat") is True else "")
 
 
 def _gb(r: dict[str, Any] | None, key: str = "peak_rss_bytes") -> str:
@@ -231,13 +231,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="eval batch 1 and train batch 2 only, fewer repetitions")
     parser.add_argument("--eval-batches", type=_csv(int), default=[1, 4, 16])
     parser.add_argument("--train-batches", type=_csv(int), default=[2, 8])
-    parser.add_argument("--dtypes", type=_csv(str), default=["float32", "bfloat16"],
-                        help="JAX compute dtypes (PyTorch runs float32)")
+    parser.add_argument("--dtypes", type=_csv(str), default=None,
+                        help="JAX compute dtypes (PyTorch runs float32); default float32 on "
+                        "CPU, which has no fast bfloat16 arithmetic, float32,bfloat16 elsewhere")
     parser.add_argument("--torch-threads", default="auto",
                         help="'auto' (try 1 and 2 at the first eval batch), or e.g. '1' or '1,2'")
     parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
     parser.add_argument("--frameworks", type=_csv(str), default=["jax", "torch"])
-    parser.add_argument("--remat", action="store_true", help="JAX train step with remat=True")
+    parser.add_argument("--remat", choices=("auto", "on", "off"), default="auto",
+                        help="JAX train step with remat: 'auto' only where the plain step "
+                        "would not fit in memory")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--max-time", type=float, default=60.0)
@@ -260,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
           f"({info['jax_backend']}: {', '.join(info['jax_devices'])}), torch {info['torch']}")
     if info["jax_backend"] == "cpu":
         print("no GPU visible to JAX: GPU figures are not measured in this run")
+    if args.dtypes is None:
+        args.dtypes = ["float32"] if info["jax_backend"] == "cpu" else ["float32", "bfloat16"]
     if info["torch"] is None and "torch" in args.frameworks:
         args.frameworks = [f for f in args.frameworks if f != "torch"]
         print("torch is not installed: JAX only")
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
                 if "jax" in args.frameworks:
                     for dtype in args.dtypes:
                         run({"framework": "jax", "mode": mode, "batch": batch, "dtype": dtype,
-                             "remat": args.remat and mode == "train"})
+                             "remat": args.remat})
                 if "torch" in args.frameworks:
                     for threads in torch_threads:
                         run({"framework": "torch", "mode": mode, "batch": batch,

@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,27 @@ def measure(
     }
 
 
+def _buffer_bytes(compiled: Any) -> int | None:
+    """Bytes XLA assigned to a compiled function's arguments, outputs and temporaries."""
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
+
+
+def _available_bytes() -> int:
+    """Memory available to a new allocation (Linux MemAvailable; else all of it)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def peak_rss_bytes() -> int:
     """High-water mark of this process's resident memory."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -115,7 +137,7 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     from epam_jax.xla_options import compiler_options
 
     dtype = jnp.dtype(args.dtype)
-    model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=args.remat)
+    model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=args.remat == "on")
     variables = jax.device_put(_load_flax(args.weights))
     rgb_np, pose_np, labels_np = make_clips(args.batch, args.seed)
     rgb = jax.device_put(rgb_np.transpose(0, 2, 3, 4, 1))
@@ -139,7 +161,7 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     else:
         tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LR, MOMENTUM))
 
-        def loss_fn(params, batch_stats, rgb, pose, labels, rng):
+        def loss_fn(params, batch_stats, rgb, pose, labels, rng, model):
             (rgb_logits, pose_logits), new = model.apply(
                 {"params": params, "batch_stats": batch_stats},
                 rgb,
@@ -152,20 +174,40 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
             loss = ce(rgb_logits, labels).mean() + ce(pose_logits, labels).mean()
             return loss, new["batch_stats"]
 
-        def train_step(state, rgb, pose, labels, rng):
+        def train_step(state, rgb, pose, labels, rng, model):
             params, batch_stats, opt_state = state
             grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-            (loss, batch_stats), grads = grad_fn(params, batch_stats, rgb, pose, labels, rng)
+            (loss, batch_stats), grads = grad_fn(
+                params, batch_stats, rgb, pose, labels, rng, model
+            )
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
 
-        step = jax.jit(train_step, donate_argnums=(0,), compiler_options=compiler_options())
         params = variables["params"]
         state = (params, variables["batch_stats"], tx.init(params))
         rng = jax.random.key(args.seed)
-        t0 = time.perf_counter()
-        compiled = step.lower(state, rgb, pose, labels, rng).compile()
-        out["compile_s"] = time.perf_counter() - t0
+
+        def compile_step(model):
+            step = jax.jit(
+                partial(train_step, model=model),
+                donate_argnums=(0,),
+                compiler_options=compiler_options(),
+            )
+            t0 = time.perf_counter()
+            compiled = step.lower(state, rgb, pose, labels, rng).compile()
+            return compiled, time.perf_counter() - t0
+
+        compiled, out["compile_s"] = compile_step(model)
+        needed = _buffer_bytes(compiled)
+        if args.remat == "auto" and needed is not None and needed > 0.4 * _available_bytes():
+            # the plain step would not fit (glibc may hold up to twice the buffers):
+            # recompute each stage in the backward pass
+            out["plain_buffer_bytes"] = needed
+            model = model.clone(remat=True)
+            compiled, out["compile_s"] = compile_step(model)
+            needed = _buffer_bytes(compiled)
+        out["remat"] = model.remat
+        out["xla_buffer_bytes"] = needed
         t0 = time.perf_counter()
         state, loss = compiled(state, rgb, pose, labels, rng)
         out["loss"] = float(jax.block_until_ready(loss))
@@ -243,7 +285,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--weights", required=True, help="directory written by benchmarks.run")
     parser.add_argument("--dtype", default="float32", help="JAX compute dtype")
-    parser.add_argument("--remat", action="store_true", help="JAX: recompute stages in backward")
+    parser.add_argument(
+        "--remat", choices=("auto", "on", "off"), default="auto",
+        help="JAX train step: recompute stages in the backward pass; 'auto' only when the "
+        "plain step's buffers would not fit in memory",
+    )
     parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=2.0)
