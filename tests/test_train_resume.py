@@ -32,10 +32,7 @@ STEPS, CKPT_EVERY, BATCH = 16, 4, 4
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    # Beside the xdist workers' own folders, so both tests can share compiled programs.
-    path = tmp_path_factory.getbasetemp().parent / "epam_train_xla_cache"
-    path.mkdir(exist_ok=True)
-    return path
+    return tmp_path_factory.mktemp("xla_cache")
 
 
 def _dataset(out: Path) -> Path:
@@ -81,7 +78,14 @@ def _val_records(workdir: Path) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["kind"] == "val"]
 
 
-def test_sigkill_and_resume_end_with_the_uninterrupted_parameters(tmp_path, cache) -> None:
+def test_sigkill_resume_and_non_finite_loss(tmp_path, cache) -> None:
+    """One test, so that the runs share a compiled program whatever xdist's scheduling."""
+    check_sigkill_and_resume_end_with_the_uninterrupted_parameters(tmp_path, cache)
+    check_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, cache)
+
+
+def check_sigkill_and_resume_end_with_the_uninterrupted_parameters(tmp_path: Path, cache: Path
+                                                                   ) -> None:
     dataset = _dataset(tmp_path / "data")
     straight = _run(_command(dataset, tmp_path / "a"), cache)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -129,8 +133,9 @@ def test_sigkill_and_resume_end_with_the_uninterrupted_parameters(tmp_path, cach
     assert Checkpoints(ckpt_dir).latest_step() == STEPS
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, cache) -> None:
-    dataset = _dataset(tmp_path / "data")
+def check_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path: Path, cache: Path
+                                                              ) -> None:
+    dataset = _dataset(tmp_path / "data2")
     # Find a training sample first seen at step 5 and poison its keypoint scores.
     loader = ClipLoader(dataset, ClipConfig(rgb=False, heatmap_size=(8, 8), clip_len=8),
                         BATCH, True, split="train", seed=0)

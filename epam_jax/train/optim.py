@@ -84,7 +84,9 @@ def make_optimizer(
                       nesterov=nesterov),
         )
 
-    transforms = {label: group(mults[label]) for label in set(labels.values()) - {FROZEN}}
+    # Sorted: set order changes between processes, and with it the compiled program.
+    transforms = {label: group(mults[label])
+                  for label in sorted(set(labels.values()) - {FROZEN})}
     transforms[FROZEN] = optax.set_to_zero()
     clip = optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity()
     return optax.chain(clip, optax.multi_transform(transforms, labels))

@@ -143,4 +143,4 @@ def create_train_state(
         batch_stats=jax.tree_util.tree_map(jnp.asarray, dict(variables["batch_stats"])),
         tx=tx,
         rng=jax.random.PRNGKey(seed),
-    )
+    ).replace(step=jnp.zeros((), jnp.int32))  # as restored: one compiled step for both
