@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from epam_jax.train.step import eval_step, train_step
+from epam_jax.xla_options import compiler_options
 
 PARALLEL_MODES = ("jit", "pmap")
 PMAP_AXIS = "batch"
@@ -151,8 +152,10 @@ class DataParallel:
             return jax.pmap(fn, axis_name=PMAP_AXIS, devices=self._pmap_devices,
                             donate_argnums=(0,))
         fn = functools.partial(train_step, **static)
+        # compiler_options keep remat effective on CPU (epam_jax.xla_options)
         return jax.jit(fn, in_shardings=(self.replicated, self.data_sharding),
-                       out_shardings=(self.replicated, self.replicated), donate_argnums=(0,))
+                       out_shardings=(self.replicated, self.replicated), donate_argnums=(0,),
+                       compiler_options=compiler_options())
 
     def eval_step(self, **static: Any) -> Callable:
         """``(state, batch) -> counts`` summed over the global batch."""
