@@ -117,26 +117,6 @@ def pointwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
     return jnp.dot(x, kernel.reshape(kernel.shape[-2:]))
 
 
-def _taps(x: Array, kh: int, kw: int, stride: int) -> list[list[Array]]:
-    """The ``kh x kw`` shifted, strided views of ``x`` zero-padded by k // 2: ``[i][j]``."""
-    n, t, h, w, c = x.shape
-    ph, pw = kh // 2, kw // 2
-    ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw), (0, 0)))
-    return [
-        [
-            lax.slice(
-                xp,
-                (0, 0, i, j, 0),
-                (n, t, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                (1, 1, stride, stride, 1),
-            )
-            for j in range(kw)
-        ]
-        for i in range(kh)
-    ]
-
-
 def depthwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
     """(1, k, k) depthwise convolution, padding k // 2, as shifted multiply-adds.
 
@@ -145,10 +125,20 @@ def depthwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
     is 4-50x faster than a grouped convolution and no slower on GPU.
     """
     _, kh, kw, _, c = kernel.shape
+    n, t, h, w, _ = x.shape
+    ph, pw = kh // 2, kw // 2
+    ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw), (0, 0)))
     k = kernel.reshape(kh, kw, c)
     out = None
-    for i, row in enumerate(_taps(x, kh, kw, stride)):
-        for j, tap in enumerate(row):
+    for i in range(kh):
+        for j in range(kw):
+            tap = lax.slice(
+                xp,
+                (0, 0, i, j, 0),
+                (n, t, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                (1, 1, stride, stride, 1),
+            )
             term = tap * k[i, j]
             out = term if out is None else out + term
     return out
