@@ -110,11 +110,128 @@ class BatchNorm(nn.Module):
         return y.astype(dtype)
 
 
+# Gradients. XLA differentiates the formulations below correctly but slowly on
+# CPU: it fuses the upstream BatchNorm backward into a transposed copy for every
+# weight gradient, recomputes it once per depthwise tap, and materialises each
+# tap for the kernel gradient. The custom VJPs keep the same arithmetic and make
+# the incoming gradient one buffer (``optimization_barrier``) that a matrix
+# product, a shifted multiply-add and cache-sized tap reductions then read.
+
+
+@jax.custom_vjp
+def matmul(x: Array, w: Array) -> Array:
+    """``x @ w`` over the last axis of ``x``, with a backward pass that is fast on CPU."""
+    return jnp.dot(x, w)
+
+
+def _matmul_fwd(x: Array, w: Array) -> tuple[Array, tuple[Array, Array]]:
+    return jnp.dot(x, w), (x, w)
+
+
+def _matmul_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, w = res
+    g = lax.optimization_barrier(g)
+    dw = jnp.dot(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+    return jnp.dot(g, w.T), dw.astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def pointwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
     """1x1x1 convolution as a matrix product; ``kernel`` is (1, 1, 1, cin, cout)."""
     if stride != 1:
         x = x[:, :, ::stride, ::stride, :]
-    return jnp.dot(x, kernel.reshape(kernel.shape[-2:]))
+    return matmul(x, kernel.reshape(kernel.shape[-2:]))
+
+
+def _pad_hw(x: Array, low: tuple[int, int], high: tuple[int, int], interior: int = 0) -> Array:
+    """Zero padding of the H and W axes of (N, T, H, W, C), ``interior`` zeros between pixels."""
+    config = [(0, 0, 0), (0, 0, 0), (low[0], high[0], interior), (low[1], high[1], interior)]
+    return lax.pad(x, jnp.zeros((), x.dtype), config + [(0, 0, 0)])
+
+
+def _taps(xp: Array, kh: int, kw: int, stride: int, ho: int, wo: int):
+    """``(i, j, view)``: the (ho, wo) strided view of the padded input under kernel tap (i, j)."""
+    n, t, _, _, c = xp.shape
+    for i in range(kh):
+        for j in range(kw):
+            end = (n, t, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c)
+            yield i, j, lax.slice(xp, (0, 0, i, j, 0), end, (1, 1, stride, stride, 1))
+
+
+def _shifted_mac(xp: Array, k: Array, stride: int, ho: int, wo: int) -> Array:
+    """Sum over taps of view * k[i, j]: a depthwise convolution of the padded ``xp``."""
+    out = None
+    for i, j, tap in _taps(xp, k.shape[0], k.shape[1], stride, ho, wo):
+        term = tap * k[i, j]
+        out = term if out is None else out + term
+    return out
+
+
+def _depthwise_out_size(size: int, k: int, stride: int) -> int:
+    return (size + 2 * (k // 2) - k) // stride + 1
+
+
+# Kernel-gradient reductions run over chunks of frames this large, so the nine
+# taps of a chunk are read from cache (1.3x faster train step on a 2-core CPU).
+KERNEL_GRAD_CHUNK_BYTES = 4 << 20
+
+
+def _depthwise_kernel_grad(xp: Array, g: Array, kh: int, kw: int, stride: int) -> Array:
+    """(kh * kw, C) sums of tap view * g over every position, in float32 or wider."""
+    ho, wo = g.shape[2], g.shape[3]
+    acc_dtype = stats_dtype(g)
+
+    def reduce(xc: Array, gc: Array) -> Array:
+        views = _taps(xc, kh, kw, stride, ho, wo)
+        return jnp.stack([jnp.sum(v * gc, axis=(0, 1, 2, 3), dtype=acc_dtype) for *_, v in views])
+
+    frames = xp.shape[0] * xp.shape[1]
+    frame_bytes = xp[0, 0].size * xp.dtype.itemsize
+    chunk = frames
+    if jax.default_backend() == "cpu":  # a cache blocking, measured on CPU only
+        fits = [d for d in range(1, frames + 1) if frames % d == 0]
+        chunk = max([d for d in fits if d * frame_bytes <= KERNEL_GRAD_CHUNK_BYTES] or [1])
+    if chunk == frames:
+        return reduce(xp, g)
+    xs = xp.reshape(frames // chunk, 1, chunk, *xp.shape[2:])
+    gs = g.reshape(frames // chunk, 1, chunk, *g.shape[2:])
+
+    def body(acc: Array, xg: tuple[Array, Array]) -> tuple[Array, None]:
+        return acc + reduce(*xg), None
+
+    acc, _ = lax.scan(body, jnp.zeros((kh * kw, xp.shape[-1]), acc_dtype), (xs, gs))
+    return acc
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise(x: Array, k: Array, stride: int) -> Array:
+    kh, kw, _ = k.shape
+    ho = _depthwise_out_size(x.shape[2], kh, stride)
+    wo = _depthwise_out_size(x.shape[3], kw, stride)
+    return _shifted_mac(_pad_hw(x, (kh // 2, kw // 2), (kh // 2, kw // 2)), k, stride, ho, wo)
+
+
+def _depthwise_fwd(x: Array, k: Array, stride: int) -> tuple[Array, tuple[Array, Array]]:
+    return _depthwise(x, k, stride), (x, k)
+
+
+def _depthwise_bwd(stride: int, res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, k = res
+    kh, kw, _ = k.shape
+    (h, w), (ho, wo) = x.shape[2:4], g.shape[2:4]
+    ph, pw = kh // 2, kw // 2
+    g = lax.optimization_barrier(g)
+    # input gradient: the flipped kernel slid over g, dilated by the stride
+    low = (kh - 1 - ph, kw - 1 - pw)
+    high = (h + ph - stride * (ho - 1) - 1, w + pw - stride * (wo - 1) - 1)
+    dx = _shifted_mac(_pad_hw(g, low, high, stride - 1), k[::-1, ::-1], 1, h, w)
+    dk = _depthwise_kernel_grad(_pad_hw(x, (ph, pw), (ph, pw)), g, kh, kw, stride)
+    return dx, dk.reshape(k.shape).astype(k.dtype)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def depthwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
@@ -122,26 +239,10 @@ def depthwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
 
     ``kernel`` is (1, kh, kw, 1, C). Each tap is a strided view of the padded
     input scaled per channel; XLA fuses the sum into one loop. On XLA:CPU this
-    is 4-50x faster than a grouped convolution and no slower on GPU.
+    is 4-50x faster than a grouped convolution.
     """
     _, kh, kw, _, c = kernel.shape
-    n, t, h, w, _ = x.shape
-    ph, pw = kh // 2, kw // 2
-    ho, wo = (h + 2 * ph - kh) // stride + 1, (w + 2 * pw - kw) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw), (0, 0)))
-    k = kernel.reshape(kh, kw, c)
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = lax.slice(
-                xp,
-                (0, 0, i, j, 0),
-                (n, t, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
-                (1, 1, stride, stride, 1),
-            )
-            term = tap * k[i, j]
-            out = term if out is None else out + term
-    return out
+    return _depthwise(x, kernel.reshape(kh, kw, c), stride)
 
 
 def _strided_conv(x: Array, kernel: Array, stride: int) -> Array:
@@ -168,7 +269,7 @@ def _strided_conv(x: Array, kernel: Array, stride: int) -> Array:
     k = k.reshape(ka, s, kb, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
     cols = [z[:, :, a : a + ho, b : b + wo] for a in range(ka) for b in range(kb)]
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    return jnp.dot(patches, k.reshape(ka * kb * s * s * cin, cout))
+    return matmul(patches, k.reshape(ka * kb * s * s * cin, cout))
 
 
 def spatial_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
@@ -192,7 +293,7 @@ def spatial_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
     cols = [xp[:, :, :, j : j + wo] for j in range(kw)]
     patches = cols[0] if kw == 1 else jnp.concatenate(cols, axis=-1)
     weights = kernel[0].reshape(kh, kw * cin, cout)
-    y = jnp.dot(patches, jnp.concatenate(list(weights), axis=-1))
+    y = matmul(patches, jnp.concatenate(list(weights), axis=-1))
     out = y[:, :, 0:ho, :, 0:cout]
     for i in range(1, kh):
         out = out + y[:, :, i : i + ho, :, i * cout : (i + 1) * cout]

@@ -151,29 +151,44 @@ def test_remat_keeps_names_and_gradients_and_saves_memory_on_cpu():
         ((1, 1, 8, 8, 2), 1, 2),
     ],
 )
-def test_fast_convolutions_equal_xla_convolution(shape, kernel, stride):
-    """The matmul formulations of the dense and depthwise convolutions, on odd shapes."""
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_fast_convolutions_equal_xla_convolution(shape, kernel, stride, chunk_bytes, monkeypatch):
+    """The matmul formulations of the dense and depthwise convolutions and their
+    hand-written gradients, on odd shapes; ``chunk_bytes=1`` reduces the depthwise
+    kernel gradient frame by frame."""
     from jax import lax
 
+    from epam_jax import layers
     from epam_jax.layers import depthwise_conv, pointwise_conv, spatial_conv
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(layers, "KERNEL_GRAD_CHUNK_BYTES", chunk_bytes)
 
     rng = np.random.default_rng(9)
     n, t, h, w, c = shape
     x = rng.standard_normal(shape).astype(np.float32)
-    frames = x.reshape(n * t, h, w, c)
     pad = ((kernel // 2, kernel // 2),) * 2
     dims = ("NHWC", "HWIO", "NHWC")
 
-    def reference(k, groups=1):
+    def xla_conv(x, k, groups=1):
         y = lax.conv_general_dilated(
-            frames, k[0], (stride, stride), pad, dimension_numbers=dims,
+            x.reshape(n * t, h, w, c), k[0], (stride, stride), pad, dimension_numbers=dims,
             feature_group_count=groups, precision=lax.Precision.HIGHEST,
         )
-        return np.asarray(y).reshape(n, t, *y.shape[1:])
+        return y.reshape(n, t, *y.shape[1:])
+
+    def check(ours, reference, k):
+        y, ours_vjp = jax.vjp(ours, x, k)
+        y_ref, ref_vjp = jax.vjp(reference, x, k)
+        assert relative_error(y_ref, y) <= 1e-6
+        cotangent = rng.standard_normal(y.shape).astype(np.float32)
+        for grad, grad_ref in zip(ours_vjp(cotangent), ref_vjp(cotangent), strict=True):
+            assert grad.shape == grad_ref.shape
+            assert relative_error(grad_ref, grad) <= 1e-5
 
     dense = rng.standard_normal((1, kernel, kernel, c, 6)).astype(np.float32)
-    assert relative_error(reference(dense), spatial_conv(x, dense, stride)) <= 1e-6
+    check(lambda x, k: spatial_conv(x, k, stride), xla_conv, dense)
     depthwise = rng.standard_normal((1, kernel, kernel, 1, c)).astype(np.float32)
-    assert relative_error(reference(depthwise, c), depthwise_conv(x, depthwise, stride)) <= 1e-6
+    check(lambda x, k: depthwise_conv(x, k, stride), lambda x, k: xla_conv(x, k, c), depthwise)
     if kernel == 1:
-        assert relative_error(reference(dense), pointwise_conv(x, dense, stride)) <= 1e-6
+        check(lambda x, k: pointwise_conv(x, k, stride), xla_conv, dense)
