@@ -146,7 +146,7 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
 
     if args.mode == "eval":
-        forward = jax.jit(lambda v, r, p: model.apply(v, r, p))
+        forward = jax.jit(lambda v, r, p: model.apply(v, r, p), compiler_options=compiler_options())
         t0 = time.perf_counter()
         compiled = forward.lower(variables, rgb, pose).compile()
         out["compile_s"] = time.perf_counter() - t0

@@ -51,6 +51,7 @@ from epam_jax.viz import (
     ensure_writable_dir,
     save_attention_pictures,
 )
+from epam_jax.xla_options import compiler_options
 
 TWO_STREAM_MODELS = ("epam", "backbone")
 FUSIONS = ("multiply", "residual", "none")
@@ -194,14 +195,20 @@ def _outputs(module: Any, rgb: jax.Array, pose: jax.Array, fusion: str, pooling:
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("model", "fusion", "pooling"))
-def _forward(variables: dict, rgb: jax.Array, pose: jax.Array, *, model: Any, fusion: str,
-             pooling: str) -> dict[str, jax.Array]:
-    # Module-level and keyed on the (hashable) model, so every caller shares the compile.
+def _forward_outputs(variables: dict, rgb: jax.Array, pose: jax.Array, *, model: Any,
+                     fusion: str, pooling: str) -> dict[str, jax.Array]:
     heads = isinstance(model, EPAMNet)
     return model.apply(
         variables, rgb, pose, method=lambda m, r, p: _outputs(m, r, p, fusion, pooling, heads)
     )
+
+
+@functools.cache
+def _jitted_forward() -> Callable[..., dict[str, jax.Array]]:
+    # One jitted function keyed on the (hashable) model, so every caller shares the
+    # compile; made on first use so importing this module starts no JAX backend.
+    return jax.jit(_forward_outputs, static_argnames=("model", "fusion", "pooling"),
+                   compiler_options=compiler_options())
 
 
 def make_forward(
@@ -227,7 +234,8 @@ def make_forward(
             )
         rgb = jax.device_put(np.asarray(rgb, np.float32), batch_sharding)
         pose = jax.device_put(np.asarray(pose, np.float32), batch_sharding)
-        out = _forward(variables, rgb, pose, model=loaded.model, fusion=fusion, pooling=pooling)
+        out = _jitted_forward()(variables, rgb, pose, model=loaded.model, fusion=fusion,
+                                pooling=pooling)
         return jax.tree_util.tree_map(np.asarray, out)
 
     return forward, len(devices)

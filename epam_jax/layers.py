@@ -55,6 +55,18 @@ def temporal_shift(x: Array, fold_div: int) -> Array:
     return jnp.where(channel < fold, future, jnp.where(channel < 2 * fold, past, x))
 
 
+def materialize(x: Array) -> Array:
+    """``x``, kept as one buffer by the compiler (an optimisation barrier) on CPU.
+
+    XLA:CPU otherwise fuses a residual block's output (add + ReLU) into every
+    consumer, so each later block of a stage recomputes the chain of residual
+    sums before it. Effective when the function is jitted with
+    ``epam_jax.xla_options.compiler_options()`` (eval at batch 1: 290 -> 227 ms on
+    a 2-core CPU); without them XLA removes the barrier and nothing changes.
+    """
+    return lax.optimization_barrier(x) if jax.default_backend() == "cpu" else x
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over every axis but the last, with PyTorch's statistics.
 

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from epam_jax.layers import BatchNorm, ConvBN, SEModule, temporal_shift
+from epam_jax.layers import BatchNorm, ConvBN, SEModule, materialize, temporal_shift
 
 Array = jax.Array
 Dtype = Any
@@ -69,7 +69,7 @@ class BlockX3D(nn.Module):
             identity = convbn(self.out_channels, stride=self.stride, name="downsample")(x)
         else:
             identity = x.astype(out.dtype)
-        return nn.relu(out + identity)
+        return materialize(nn.relu(out + identity))
 
 
 class X3DStage(nn.Module):

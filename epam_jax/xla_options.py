@@ -6,7 +6,10 @@ those barriers early in its pipeline (the ``cse_barrier_expander`` pass), after
 which common-subexpression elimination undoes the rematerialisation: measured
 on the pose stream's training step at batch 2, the buffers stay at 3.57 GB with
 or without ``remat``. Keeping the pass out restores it (1.65 GB) and leaves the
-numbers unchanged. Other backends keep the barriers and need nothing.
+numbers unchanged. The same barriers keep each residual block's output one
+buffer (``epam_jax.layers.materialize``) instead of a chain of sums that every
+later block recomputes: with the options, eval at batch 1 runs in 227 ms
+instead of 290 ms. Other backends keep the barriers and need nothing.
 
 Pass the options to ``jax.jit(fn, compiler_options=compiler_options())``.
 """

@@ -31,6 +31,7 @@ from epam_jax.train.state import (
     frozen_modules,
     initial_variables,
 )
+from epam_jax.xla_options import compiler_options
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -333,7 +334,8 @@ def write_attention_picture(config: Any, variables: Mapping, val_loader: Any,
                         dtype=m.dtype)
     rgb, pose = batch["rgb"][:1], batch["heatmap"][:1]
     rgb_logits, pose_logits, attention = jax.jit(
-        lambda v, r, p: model.apply(v, r, p, train=False, return_attention=True))(
+        lambda v, r, p: model.apply(v, r, p, train=False, return_attention=True),
+        compiler_options=compiler_options())(
             variables, rgb, pose)
     predicted = int(np.argmax(np.asarray(rgb_logits + pose_logits)[0]))
     title = f"label {int(batch['label'][0])}, predicted {predicted}"

@@ -164,4 +164,4 @@ class DataParallel:
             return jax.pmap(fn, axis_name=PMAP_AXIS, devices=self._pmap_devices)
         fn = functools.partial(eval_step, **static)
         return jax.jit(fn, in_shardings=(self.replicated, self.data_sharding),
-                       out_shardings=self.replicated)
+                       out_shardings=self.replicated, compiler_options=compiler_options())
