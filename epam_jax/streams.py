@@ -61,8 +61,8 @@ class BlockX3D(nn.Module):
         out = convbn(
             self.planes, kind="depthwise", kernel_size=3, stride=self.stride, name="conv2"
         )(out)
-        if self.use_se:
-            out = SEModule(self.planes, dtype=self.dtype, name="se_module")(out)
+        if self.use_se:  # read twice (squeeze, excite): one buffer, not two computations
+            out = SEModule(self.planes, dtype=self.dtype, name="se_module")(materialize(out))
         out = nn.swish(out)
         out = convbn(self.out_channels, zero_init_gamma=True, name="conv3")(out)
         if self.stride != 1 or x.shape[-1] != self.out_channels:
