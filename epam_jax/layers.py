@@ -186,7 +186,8 @@ def _depthwise_out_size(size: int, k: int, stride: int) -> int:
 
 
 # Kernel-gradient reductions run over chunks of frames this large, so the nine
-# taps of a chunk are read from cache (1.3x faster train step on a 2-core CPU).
+# taps of a chunk are read from cache (train step at batch 2 on a 2-core CPU:
+# 3.05-3.35 s with whole-tensor reductions, 2.70-3.13 s with 4 MB chunks).
 KERNEL_GRAD_CHUNK_BYTES = 4 << 20
 
 
@@ -203,8 +204,8 @@ def _depthwise_kernel_grad(xp: Array, g: Array, kh: int, kw: int, stride: int) -
     frame_bytes = xp[0, 0].size * xp.dtype.itemsize
     chunk = frames
     if jax.default_backend() == "cpu":  # a cache blocking, measured on CPU only
-        fits = [d for d in range(1, frames + 1) if frames % d == 0]
-        chunk = max([d for d in fits if d * frame_bytes <= KERNEL_GRAD_CHUNK_BYTES] or [1])
+        fits = (d for d in range(1, frames + 1) if frames % d == 0)
+        chunk = max((d for d in fits if d * frame_bytes <= KERNEL_GRAD_CHUNK_BYTES), default=1)
     if chunk == frames:
         return reduce(xp, g)
     xs = xp.reshape(frames // chunk, 1, chunk, *xp.shape[2:])
