@@ -181,7 +181,8 @@ def _shifted_mac(xp: Array, k: Array, stride: int, ho: int, wo: int) -> Array:
     return out
 
 
-def _depthwise_out_size(size: int, k: int, stride: int) -> int:
+def _conv_out_size(size: int, k: int, stride: int) -> int:
+    """Output length of a kernel-``k`` convolution with padding ``k // 2``."""
     return (size + 2 * (k // 2) - k) // stride + 1
 
 
@@ -221,8 +222,8 @@ def _depthwise_kernel_grad(xp: Array, g: Array, kh: int, kw: int, stride: int) -
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _depthwise(x: Array, k: Array, stride: int) -> Array:
     kh, kw, _ = k.shape
-    ho = _depthwise_out_size(x.shape[2], kh, stride)
-    wo = _depthwise_out_size(x.shape[3], kw, stride)
+    ho = _conv_out_size(x.shape[2], kh, stride)
+    wo = _conv_out_size(x.shape[3], kw, stride)
     return _shifted_mac(_pad_hw(x, (kh // 2, kw // 2), (kh // 2, kw // 2)), k, stride, ho, wo)
 
 
@@ -271,11 +272,11 @@ def _strided_conv(x: Array, kernel: Array, stride: int) -> Array:
     _, kh, kw, cin, cout = kernel.shape
     n, t, h, w, _ = x.shape
     s, ph, pw = stride, kh // 2, kw // 2
-    ho, wo = (h + 2 * ph - kh) // s + 1, (w + 2 * pw - kw) // s + 1
+    ho, wo = _conv_out_size(h, kh, s), _conv_out_size(w, kw, s)
     ka, kb = -(-kh // s), -(-kw // s)
     hz, wz = ho + ka - 1, wo + kb - 1
-    pad = ((0, 0), (0, 0), (ph, max(0, s * hz - h - ph)), (pw, max(0, s * wz - w - pw)), (0, 0))
-    xp = jnp.pad(x, pad)[:, :, : s * hz, : s * wz]
+    high = (max(0, s * hz - h - ph), max(0, s * wz - w - pw))
+    xp = _pad_hw(x, (ph, pw), high)[:, :, : s * hz, : s * wz]
     z = xp.reshape(n, t, hz, s, wz, s, cin).transpose(0, 1, 2, 4, 3, 5, 6)
     z = z.reshape(n, t, hz, wz, s * s * cin)
     k = jnp.pad(kernel[0], ((0, s * ka - kh), (0, s * kb - kw), (0, 0), (0, 0)))
@@ -301,8 +302,8 @@ def spatial_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
     _, kh, kw, cin, cout = kernel.shape
     _, _, h, w, _ = x.shape
     ph, pw = kh // 2, kw // 2
-    ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
-    xp = jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw), (0, 0)))
+    ho, wo = _conv_out_size(h, kh, 1), _conv_out_size(w, kw, 1)
+    xp = _pad_hw(x, (ph, pw), (ph, pw))
     cols = [xp[:, :, :, j : j + wo] for j in range(kw)]
     patches = cols[0] if kw == 1 else jnp.concatenate(cols, axis=-1)
     weights = kernel[0].reshape(kh, kw * cin, cout)
