@@ -226,6 +226,8 @@ def make_forward(
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     variables = jax.device_put(loaded.variables, replicated)
+    # a loop over a batch split across devices would gather it onto each of them
+    model = loaded.model if len(devices) == 1 else loaded.model.clone(eval_chunk=0)
 
     def forward(rgb: np.ndarray, pose: np.ndarray) -> dict[str, np.ndarray]:
         if len(rgb) % len(devices):
@@ -234,7 +236,7 @@ def make_forward(
             )
         rgb = jax.device_put(np.asarray(rgb, np.float32), batch_sharding)
         pose = jax.device_put(np.asarray(pose, np.float32), batch_sharding)
-        out = _jitted_forward()(variables, rgb, pose, model=loaded.model, fusion=fusion,
+        out = _jitted_forward()(variables, rgb, pose, model=model, fusion=fusion,
                                 pooling=pooling)
         return jax.tree_util.tree_map(np.asarray, out)
 

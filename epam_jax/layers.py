@@ -97,29 +97,94 @@ class BatchNorm(nn.Module):
         mult = self.scale * lax.rsqrt(self.var.value + self.epsilon)
         return mult, self.bias - self.mean.value * mult
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, *, relu: bool = False) -> Array:
+        """Normalised ``x`` (then a ReLU when ``relu``), in ``dtype`` or ``x``'s type."""
         dtype = self.dtype or x.dtype
         if self.use_running_average:
             mult, offset = self.affine()
-            return (x * mult.astype(dtype) + offset.astype(dtype)).astype(dtype)
-        axes = tuple(range(x.ndim - 1))
-        xf = x.astype(stats_dtype(x))
-        mean = jnp.mean(xf, axes)
-        if self.axis_name is not None:
-            mean = lax.pmean(mean, self.axis_name)
-        var = jnp.mean(jnp.square(xf - mean), axes)
-        count = x.size // x.shape[-1]
-        if self.axis_name is not None:
-            var = lax.pmean(var, self.axis_name)
-            count = count * lax.psum(1, self.axis_name)
+            y = (x * mult.astype(dtype) + offset.astype(dtype)).astype(dtype)
+            return nn.relu(y) if relu else y
+        if self.axis_name is None:
+            y, mean, var = batch_norm_train(x, self.scale, self.bias, self.epsilon, relu, dtype)
+            mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
+            count = x.size // x.shape[-1]
+        else:  # cross-replica statistics: plain autodiff through pmean
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(stats_dtype(x))
+            mean = lax.pmean(jnp.mean(xf, axes), self.axis_name)
+            var = lax.pmean(jnp.mean(jnp.square(xf - mean), axes), self.axis_name)
+            count = x.size // x.shape[-1] * lax.psum(1, self.axis_name)
+            y = ((xf - mean) * (self.scale * lax.rsqrt(var + self.epsilon)) + self.bias)
+            y = (nn.relu(y) if relu else y).astype(dtype)
         if not self.is_initializing():
             unbiased = var * (count / jnp.maximum(count - 1, 1))
             m = self.momentum
             self.mean.value = m * self.mean.value + (1.0 - m) * mean
             self.var.value = m * self.var.value + (1.0 - m) * unbiased
-        mult = self.scale * lax.rsqrt(var + self.epsilon)
-        y = (xf - mean) * mult + self.bias
-        return y.astype(dtype)
+        return y
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def batch_norm_train(
+    x: Array, scale: Array, bias: Array, epsilon: float, relu: bool, dtype: Dtype
+) -> tuple[Array, Array, Array]:
+    """Training-mode BatchNorm (then ReLU when ``relu``) over every axis but the last.
+
+    Returns ``(y, mean, biased variance)``; the statistics carry no gradient.
+    The backward pass keeps only ``x`` and recomputes the normalised values and
+    the ReLU mask from it: autodiff would keep three or four full-size tensors
+    per layer (train step at batch 8: 19.7 -> ~9 GB of buffers).
+    """
+    return _batch_norm_train_fwd(x, scale, bias, epsilon, relu, dtype)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, relu, dtype):
+    axes = tuple(range(x.ndim - 1))
+    xf = x.astype(stats_dtype(x))
+    mean = jnp.mean(xf, axes)
+    var = jnp.mean(jnp.square(xf - mean), axes)
+    y = (xf - mean) * (scale * lax.rsqrt(var + epsilon)) + bias
+    if relu:
+        y = jnp.maximum(y, 0)
+    return (y.astype(dtype), mean, var), (x, scale, bias, mean, var)
+
+
+def _batch_norm_train_bwd(epsilon, relu, dtype, res, cotangents):
+    x, scale, bias, mean, var = res
+    axes = tuple(range(x.ndim - 1))
+    xf = x.astype(stats_dtype(x))
+    g = cotangents[0].astype(xf.dtype)
+    rstd = lax.rsqrt(var + epsilon)
+    mult = scale * rstd
+    if relu:  # the forward pass's own expression, so the mask is the same
+        g = jnp.where((xf - mean) * mult + bias > 0, g, 0)
+    xhat = (xf - mean) * rstd
+    dbias = jnp.sum(g, axes)
+    dscale = jnp.sum(g * xhat, axes)
+    n = x.size // x.shape[-1]
+    dx = mult * (g - dbias / n - xhat * (dscale / n))
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+@jax.custom_vjp
+def swish(x: Array) -> Array:
+    """``x * sigmoid(x)``; the backward pass keeps only ``x`` (autodiff keeps three tensors)."""
+    return x * jax.nn.sigmoid(x)
+
+
+def _swish_fwd(x: Array) -> tuple[Array, Array]:
+    return swish(x), x
+
+
+def _swish_bwd(x: Array, g: Array) -> tuple[Array]:
+    s = jax.nn.sigmoid(x)
+    return (g * (s * (1 + x * (1 - s))),)
+
+
+swish.defvjp(_swish_fwd, _swish_bwd)
 
 
 # Gradients. XLA differentiates the formulations below correctly but slowly on
@@ -385,9 +450,8 @@ class ConvBN(nn.Module):
         bn = self.norm(self.features, scale_init=scale_init, name="bn")
         if bn.use_running_average:
             y = conv(x, fold=bn.affine())
-        else:
-            y = bn(conv(x))
-        return nn.relu(y) if self.relu else y
+            return nn.relu(y) if self.relu else y
+        return bn(conv(x), relu=self.relu)
 
 
 def round_width(width: float, divisor: int = 8, min_width: int = 8) -> int:

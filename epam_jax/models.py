@@ -70,6 +70,7 @@ class _TwoStream(nn.Module):
     remat: bool = False
     bn_axis_name: str | None = None
     dtype: Dtype = jnp.float32
+    eval_chunk: int | None = None
 
     def setup(self):
         kw = dict(dtype=self.dtype, remat=self.remat, bn_axis_name=self.bn_axis_name)
@@ -103,8 +104,48 @@ class _TwoStream(nn.Module):
             )
         return t_pose // t_rgb
 
+    def eval_chunk_size(self, batch: int) -> int:
+        """Clips per step of the eval loop over the batch (``batch``: all at once).
+
+        ``eval_chunk=None`` picks per backend: one clip at a time on CPU, where a
+        clip's activations stay in cache (batch 4 on a 2-core CPU: 4.18 -> 4.94
+        clips/s), the whole batch elsewhere. Eval statistics are per clip, so the
+        numbers do not change. 0 means the whole batch.
+        """
+        chunk = self.eval_chunk
+        if chunk is None:
+            chunk = 1 if jax.default_backend() == "cpu" else 0
+        if not isinstance(chunk, int) or chunk < 0:
+            raise ValueError(f"eval_chunk must be None or an int >= 0, got {chunk!r}")
+        return batch if chunk == 0 else min(chunk, batch)
+
     def features(self, rgb: Array, pose: Array, train: bool) -> tuple[Array, Array, Array]:
-        """``(rgb_features, pose_features, attention)`` for a pair of clips."""
+        """``(rgb_features, pose_features, attention)`` for a pair of clips.
+
+        In eval the batch runs ``eval_chunk_size`` clips at a time.
+        """
+        self.check_inputs(rgb, pose)
+        batch = rgb.shape[0]
+        chunk = batch if train or self.is_initializing() else self.eval_chunk_size(batch)
+        if chunk == batch:
+            return self._features(rgb, pose, train)
+        steps, rest = divmod(batch, chunk)
+
+        def body(module, carry, clips):
+            return carry, module._features(*clips, train)
+
+        def grouped(x):
+            return x[: steps * chunk].reshape(steps, chunk, *x.shape[1:])
+
+        loop = nn.scan(body, variable_broadcast=True, split_rngs={}, length=steps)
+        _, outs = loop(self, None, (grouped(rgb), grouped(pose)))
+        outs = [o.reshape(steps * chunk, *o.shape[2:]) for o in outs]
+        if rest:
+            tail = self._features(rgb[steps * chunk :], pose[steps * chunk :], train)
+            outs = [jnp.concatenate(pair) for pair in zip(outs, tail, strict=True)]
+        return tuple(outs)
+
+    def _features(self, rgb: Array, pose: Array, train: bool) -> tuple[Array, Array, Array]:
         stride = self.check_inputs(rgb, pose)
         rgb_feats = self.rgb_backbone(rgb, train=train and not self.freeze_rgb)
         if self.freeze_rgb:
@@ -125,7 +166,9 @@ class EPAMBackbone(_TwoStream):
     ``(rgb_features * attention, pose_features)``, shapes (N, 16, 7, 7, 432)
     and (N, 48, 7, 7, 216), plus the (N, 16, 7, 7, 1) attention map when asked.
     ``fusion='residual'`` gives ``rgb + rgb * attention`` (what EPAM-Net's RGB
-    head sees). ``num_classes`` does not change the features.
+    head sees). ``num_classes`` does not change the features. ``eval_chunk``:
+    clips per step of the eval loop over the batch (see ``eval_chunk_size``);
+    set 0 when a jitted batch is split over several devices.
     """
 
     num_classes: int = 60

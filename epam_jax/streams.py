@@ -9,7 +9,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from epam_jax.layers import BatchNorm, ConvBN, SEModule, materialize, temporal_shift
+from epam_jax.layers import (
+    BatchNorm,
+    ConvBN,
+    SEModule,
+    materialize,
+    swish,
+    temporal_shift,
+)
 
 Array = jax.Array
 Dtype = Any
@@ -63,7 +70,7 @@ class BlockX3D(nn.Module):
         )(out)
         if self.use_se:  # read twice (squeeze, excite): one buffer, not two computations
             out = SEModule(self.planes, dtype=self.dtype, name="se_module")(materialize(out))
-        out = nn.swish(out)
+        out = swish(out)
         out = convbn(self.out_channels, zero_init_gamma=True, name="conv3")(out)
         if self.stride != 1 or x.shape[-1] != self.out_channels:
             identity = convbn(self.out_channels, stride=self.stride, name="downsample")(x)

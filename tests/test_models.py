@@ -184,3 +184,30 @@ def test_frozen_stream_gets_no_gradient_and_keeps_statistics(epam_init, frozen):
         jax.tree_util.tree_leaves(new[f"{other}_backbone"]),
         jax.tree_util.tree_leaves(old[f"{other}_backbone"]), strict=True)]
     assert all(moved)
+
+
+def test_eval_in_chunks_of_clips_gives_the_same_outputs(epam_init):
+    """Eval may loop over the batch a few clips at a time (a scan; a shorter tail
+    runs on its own): statistics are per clip, so outputs must not change."""
+    model, variables = epam_init
+    rng = np.random.default_rng(2)
+    rgb = jnp.asarray(rng.standard_normal((3, 16, 32, 32, 3)), jnp.float32)
+    pose = jnp.asarray(rng.random((3, 48, 8, 8, 17)), jnp.float32)
+
+    def run(chunk):
+        net = model.clone(eval_chunk=chunk)
+        fn = lambda v, a, b: net.apply(v, a, b, return_attention=True)  # noqa: E731
+        loops = "scan" in str(jax.make_jaxpr(fn)(variables, rgb, pose))
+        return jax.jit(fn)(variables, rgb, pose), loops
+
+    whole, loops = run(0)
+    assert not loops
+    outs, loops = run(2)
+    assert loops
+    for a, b in zip(outs, whole, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    default = model.clone(eval_chunk=None)
+    jaxpr = str(jax.make_jaxpr(default.apply)(variables, rgb, pose))
+    assert ("scan" in jaxpr) == (jax.default_backend() == "cpu")
+    with pytest.raises(ValueError, match="eval_chunk must be None or an int >= 0"):
+        jax.eval_shape(model.clone(eval_chunk=-1).apply, variables, rgb, pose)

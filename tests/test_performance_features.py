@@ -192,3 +192,45 @@ def test_fast_convolutions_equal_xla_convolution(shape, kernel, stride, chunk_by
     check(lambda x, k: depthwise_conv(x, k, stride), lambda x, k: xla_conv(x, k, c), depthwise)
     if kernel == 1:
         check(lambda x, k: pointwise_conv(x, k, stride), xla_conv, dense)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm_and_swish_gradients_equal_autodiff(relu, dtype):
+    """The hand-written training BatchNorm(+ReLU) and swish backward passes, which
+    keep only their inputs, against autodiff of the plain formulas."""
+    from epam_jax.layers import batch_norm_train, stats_dtype, swish
+
+    rng = np.random.default_rng(10)
+    x = jnp.asarray(rng.normal(0.3, 2.0, (2, 3, 5, 4, 7)), dtype)
+    scale = jnp.asarray(rng.uniform(-1.5, 1.5, 7), jnp.float32)
+    bias = jnp.asarray(rng.normal(0, 1, 7), jnp.float32)
+
+    def plain(x, scale, bias):
+        xf = x.astype(stats_dtype(x))
+        axes = (0, 1, 2, 3)
+        mean = jnp.mean(xf, axes)
+        var = jnp.mean(jnp.square(xf - mean), axes)
+        y = (xf - mean) * (scale * jax.lax.rsqrt(var + 1e-5)) + bias
+        y = jax.nn.relu(y) if relu else y
+        return y.astype(x.dtype), mean, var
+
+    def ours(x, scale, bias):
+        return batch_norm_train(x, scale, bias, 1e-5, relu, x.dtype)
+
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    (y, mean, var), our_vjp = jax.vjp(ours, x, scale, bias)
+    (y_ref, mean_ref, var_ref), ref_vjp = jax.vjp(plain, x, scale, bias)
+    assert y.dtype == dtype and mean.dtype == var.dtype == jnp.float32
+    for a, b in ((y, y_ref), (mean, mean_ref), (var, var_ref)):
+        assert relative_error(b, a) <= 1e-6
+    g = jnp.asarray(rng.standard_normal(y.shape), dtype)
+    zero = jnp.zeros(7, jnp.float32)
+    for grad, grad_ref in zip(our_vjp((g, zero, zero)), ref_vjp((g, zero, zero)), strict=True):
+        assert grad.dtype == grad_ref.dtype
+        assert relative_error(grad_ref, grad) <= tol
+
+    s, swish_vjp = jax.vjp(swish, x)
+    s_ref, silu_vjp = jax.vjp(jax.nn.silu, x)
+    assert relative_error(s_ref, s) == 0
+    assert relative_error(silu_vjp(g)[0], swish_vjp(g)[0]) <= tol

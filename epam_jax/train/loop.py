@@ -154,7 +154,10 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     model = build_model(config.mode, config.data.num_classes, dropout_ratio=m.dropout_ratio,
                         attention_type=m.attention_type, freeze_rgb=m.freeze_rgb,
                         freeze_pose=m.freeze_pose, remat=m.remat, dtype=m.dtype,
-                        bn_axis_name=dp.bn_axis_name)
+                        bn_axis_name=dp.bn_axis_name,
+                        # a jit batch split over devices is evaluated whole: a loop
+                        # over it would gather every clip onto every device
+                        eval_chunk=0 if dp.parallel == "jit" and dp.num_devices > 1 else None)
     train_loader, val_loader = make_loaders(config, local_batch, local_eval_batch)
     total_steps, eval_every, ckpt_every = _steps(config, len(train_loader))
 

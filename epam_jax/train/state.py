@@ -41,8 +41,12 @@ def build_model(
     remat: bool = False,
     dtype: str = "float32",
     bn_axis_name: str | None = None,
+    eval_chunk: int | None = None,
 ) -> nn.Module:
-    """EPAMNet for mode 'epam', else the single stream ``mode`` with its head."""
+    """EPAMNet for mode 'epam', else the single stream ``mode`` with its head.
+
+    ``eval_chunk`` is EPAMNet's (clips per step of the eval loop; 0: whole batch).
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if dtype not in DTYPES:
@@ -51,7 +55,7 @@ def build_model(
                   bn_axis_name=bn_axis_name, dtype=DTYPES[dtype])
     if mode == "epam":
         return EPAMNet(attention_type=attention_type, freeze_rgb=freeze_rgb,
-                       freeze_pose=freeze_pose, **common)
+                       freeze_pose=freeze_pose, eval_chunk=eval_chunk, **common)
     if freeze_rgb or freeze_pose:
         raise ValueError(f"freeze_rgb/freeze_pose apply to mode 'epam', not {mode!r}")
     return SingleStreamNet(stream=mode, **common)
