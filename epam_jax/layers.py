@@ -132,8 +132,9 @@ def batch_norm_train(
 
     Returns ``(y, mean, biased variance)``; the statistics carry no gradient.
     The backward pass keeps only ``x`` and recomputes the normalised values and
-    the ReLU mask from it: autodiff would keep three or four full-size tensors
-    per layer (train step at batch 8: 19.7 -> ~9 GB of buffers).
+    the ReLU mask from it inside its two passes (the reductions, then ``dx``),
+    where autodiff writes and rereads several full-size intermediates (train
+    step at batch 2 on a 2-core CPU, with ``swish`` below: 2.90-2.94 -> 2.24-2.45 s).
     """
     return _batch_norm_train_fwd(x, scale, bias, epsilon, relu, dtype)[0]
 
@@ -171,7 +172,7 @@ batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 @jax.custom_vjp
 def swish(x: Array) -> Array:
-    """``x * sigmoid(x)``; the backward pass keeps only ``x`` (autodiff keeps three tensors)."""
+    """``x * sigmoid(x)``; the backward pass keeps only ``x`` and recomputes the sigmoid."""
     return x * jax.nn.sigmoid(x)
 
 
