@@ -104,18 +104,14 @@ class BatchNorm(nn.Module):
             mult, offset = self.affine()
             y = (x * mult.astype(dtype) + offset.astype(dtype)).astype(dtype)
             return nn.relu(y) if relu else y
+        args = (x, self.scale, self.bias, self.epsilon, relu, dtype)
         if self.axis_name is None:
-            y, mean, var = batch_norm_train(x, self.scale, self.bias, self.epsilon, relu, dtype)
+            y, mean, var = batch_norm_train(*args)
             mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
             count = x.size // x.shape[-1]
         else:  # cross-replica statistics: plain autodiff through pmean
-            axes = tuple(range(x.ndim - 1))
-            xf = x.astype(stats_dtype(x))
-            mean = lax.pmean(jnp.mean(xf, axes), self.axis_name)
-            var = lax.pmean(jnp.mean(jnp.square(xf - mean), axes), self.axis_name)
+            y, mean, var = _batch_norm(*args, axis_name=self.axis_name)
             count = x.size // x.shape[-1] * lax.psum(1, self.axis_name)
-            y = ((xf - mean) * (self.scale * lax.rsqrt(var + self.epsilon)) + self.bias)
-            y = (nn.relu(y) if relu else y).astype(dtype)
         if not self.is_initializing():
             unbiased = var * (count / jnp.maximum(count - 1, 1))
             m = self.momentum
@@ -139,15 +135,25 @@ def batch_norm_train(
     return _batch_norm_train_fwd(x, scale, bias, epsilon, relu, dtype)[0]
 
 
-def _batch_norm_train_fwd(x, scale, bias, epsilon, relu, dtype):
+def _batch_norm(x, scale, bias, epsilon, relu, dtype, axis_name=None):
+    """``(y, mean, biased variance)`` from batch statistics (over replicas with ``axis_name``)."""
     axes = tuple(range(x.ndim - 1))
     xf = x.astype(stats_dtype(x))
     mean = jnp.mean(xf, axes)
+    if axis_name is not None:
+        mean = lax.pmean(mean, axis_name)
     var = jnp.mean(jnp.square(xf - mean), axes)
+    if axis_name is not None:
+        var = lax.pmean(var, axis_name)
     y = (xf - mean) * (scale * lax.rsqrt(var + epsilon)) + bias
-    if relu:
-        y = jnp.maximum(y, 0)
-    return (y.astype(dtype), mean, var), (x, scale, bias, mean, var)
+    if relu:  # nn.relu: under autodiff its gradient at 0 is 0, as PyTorch's
+        y = nn.relu(y)
+    return y.astype(dtype), mean, var
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, relu, dtype):
+    y, mean, var = _batch_norm(x, scale, bias, epsilon, relu, dtype)
+    return (y, mean, var), (x, scale, bias, mean, var)
 
 
 def _batch_norm_train_bwd(epsilon, relu, dtype, res, cotangents):

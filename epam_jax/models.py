@@ -124,15 +124,15 @@ class _TwoStream(nn.Module):
 
         In eval the batch runs ``eval_chunk_size`` clips at a time.
         """
-        self.check_inputs(rgb, pose)
+        stride = self.check_inputs(rgb, pose)
         batch = rgb.shape[0]
         chunk = batch if train or self.is_initializing() else self.eval_chunk_size(batch)
         if chunk == batch:
-            return self._features(rgb, pose, train)
+            return self._features(rgb, pose, stride, train)
         steps, rest = divmod(batch, chunk)
 
         def body(module, carry, clips):
-            return carry, module._features(*clips, train)
+            return carry, module._features(*clips, stride, train)
 
         def grouped(x):
             return x[: steps * chunk].reshape(steps, chunk, *x.shape[1:])
@@ -141,12 +141,13 @@ class _TwoStream(nn.Module):
         _, outs = loop(self, None, (grouped(rgb), grouped(pose)))
         outs = [o.reshape(steps * chunk, *o.shape[2:]) for o in outs]
         if rest:
-            tail = self._features(rgb[steps * chunk :], pose[steps * chunk :], train)
+            tail = self._features(rgb[steps * chunk :], pose[steps * chunk :], stride, train)
             outs = [jnp.concatenate(pair) for pair in zip(outs, tail, strict=True)]
         return tuple(outs)
 
-    def _features(self, rgb: Array, pose: Array, train: bool) -> tuple[Array, Array, Array]:
-        stride = self.check_inputs(rgb, pose)
+    def _features(
+        self, rgb: Array, pose: Array, stride: int, train: bool
+    ) -> tuple[Array, Array, Array]:
         rgb_feats = self.rgb_backbone(rgb, train=train and not self.freeze_rgb)
         if self.freeze_rgb:
             rgb_feats = jax.lax.stop_gradient(rgb_feats)
