@@ -98,6 +98,14 @@ def _buffer_bytes(compiled: Any) -> int | None:
         return None
 
 
+def _temp_bytes(compiled: Any) -> int | None:
+    """Bytes of temporaries a compiled function allocates on top of its arguments."""
+    try:
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:
+        return None
+
+
 def _available_bytes() -> int:
     """Memory available to a new allocation (Linux MemAvailable; else all of it)."""
     try:
@@ -199,14 +207,16 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
 
         compiled, out["compile_s"] = compile_step(model)
         needed = _buffer_bytes(compiled)
-        if args.remat == "auto" and needed is not None and needed > 0.4 * _available_bytes():
-            # the plain step would not fit (glibc may hold up to twice the buffers):
+        temp = _temp_bytes(compiled)
+        if args.remat == "auto" and temp is not None and temp > 0.85 * _available_bytes():
+            # the plain step's temporaries would not fit beside what is already resident:
             # recompute each stage in the backward pass
             out["plain_buffer_bytes"] = needed
             model = model.clone(remat=True)
             compiled, out["compile_s"] = compile_step(model)
             needed = _buffer_bytes(compiled)
         out["remat"] = model.remat
+        out["first_temp_bytes"], out["available_bytes"] = temp, _available_bytes()
         out["xla_buffer_bytes"] = needed
         t0 = time.perf_counter()
         state, loss = compiled(state, rgb, pose, labels, rng)
