@@ -389,6 +389,11 @@ def spatial_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
 _CONV_FNS = {"pointwise": pointwise_conv, "depthwise": depthwise_conv, "spatial": spatial_conv}
 
 
+def padded_width(channels: int, multiple: int) -> int:
+    """``channels`` rounded up to a multiple of ``multiple``."""
+    return -(-channels // multiple) * multiple
+
+
 class Conv(nn.Module):
     """A bias-optional convolution with temporal kernel 1 on (N, T, H, W, C).
 
@@ -396,6 +401,12 @@ class Conv(nn.Module):
     filter per channel) or 'spatial' (dense 1 x k x k). ``bias`` adds a bias
     parameter; ``fold`` multiplies the kernel per output channel and adds an
     offset (BatchNorm folded in eval).
+
+    Zero channel padding: ``in_features`` is the kernel's input channel count
+    when ``x`` carries zero channels after them (default: all of ``x``'s), and
+    ``out_width`` appends zero output channels up to that width. The padding
+    meets zero kernel entries and zero offsets, so the real channels are the
+    unpadded convolution's and the padding stays zero.
     """
 
     features: int
@@ -403,18 +414,29 @@ class Conv(nn.Module):
     kernel_size: int = 1
     stride: int = 1
     use_bias: bool = False
+    in_features: int | None = None
+    out_width: int | None = None
     dtype: Dtype | None = None
     kernel_init: Callable[..., Array] = kaiming_fan_out
 
     @nn.compact
     def __call__(self, x: Array, fold: tuple[Array, Array] | None = None) -> Array:
-        cin = x.shape[-1]
+        width, out_width = x.shape[-1], self.out_width or self.features
+        cin = self.in_features or width
+        if cin > width or out_width < self.features:
+            raise ValueError(
+                f"{self.kind} conv: in_features {cin} must be <= the input's {width} channels "
+                f"and out_width {out_width} >= features {self.features}"
+            )
         k = self.kernel_size
         if self.kind == "pointwise":
             shape = (1, 1, 1, cin, self.features)
         elif self.kind == "depthwise":
-            if cin != self.features:
-                raise ValueError(f"depthwise conv needs {self.features} input channels, got {cin}")
+            if cin != self.features or width != out_width:
+                raise ValueError(
+                    f"depthwise conv needs {self.features} input channels (padded to "
+                    f"out_width {out_width}), got {cin} of {width}"
+                )
             shape = (1, k, k, 1, self.features)
         else:
             shape = (1, k, k, cin, self.features)
@@ -426,6 +448,11 @@ class Conv(nn.Module):
             mult, shift = fold
             kernel = kernel * mult
             offset = shift if offset is None else offset * mult + shift
+        if out_width > self.features or width > cin:
+            pad_in = 0 if self.kind == "depthwise" else width - cin
+            pad_out = out_width - self.features
+            kernel = jnp.pad(kernel, [(0, 0)] * 3 + [(0, pad_in), (0, pad_out)])
+            offset = None if offset is None else jnp.pad(offset, (0, pad_out))
         dtype = self.dtype or x.dtype
         y = _CONV_FNS[self.kind](x.astype(dtype), kernel.astype(dtype), self.stride)
         if offset is not None:
@@ -436,7 +463,9 @@ class Conv(nn.Module):
 class ConvBN(nn.Module):
     """``conv`` then ``bn`` then an optional ReLU: mmcv's ConvModule, names kept.
 
-    In eval the BatchNorm is folded into the convolution's kernel and bias.
+    In eval the BatchNorm is folded into the convolution's kernel and bias, and
+    the zero channel padding of ``Conv`` (``in_features``, ``out_width``) is
+    available; in training the padding is an error.
     """
 
     features: int
@@ -446,18 +475,30 @@ class ConvBN(nn.Module):
     stride: int = 1
     relu: bool = False
     zero_init_gamma: bool = False
+    in_features: int | None = None
+    out_width: int | None = None
     dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         conv = Conv(
-            self.features, self.kind, self.kernel_size, self.stride, dtype=self.dtype, name="conv"
+            self.features,
+            self.kind,
+            self.kernel_size,
+            self.stride,
+            in_features=self.in_features,
+            out_width=self.out_width,
+            dtype=self.dtype,
+            name="conv",
         )
         scale_init = nn.initializers.zeros if self.zero_init_gamma else nn.initializers.ones
         bn = self.norm(self.features, scale_init=scale_init, name="bn")
         if bn.use_running_average:
             y = conv(x, fold=bn.affine())
             return nn.relu(y) if self.relu else y
+        padded_in = (self.in_features or x.shape[-1]) != x.shape[-1]
+        if padded_in or (self.out_width or self.features) != self.features:
+            raise ValueError("ConvBN: zero channel padding is for eval (folded BatchNorm) only")
         return bn(conv(x), relu=self.relu)
 
 
@@ -478,9 +519,10 @@ class SEModule(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        """Reweighted ``x``; zero channels after the first ``channels`` stay zero."""
         hidden = round_width(self.channels * self.reduction)
         conv = partial(Conv, kind="pointwise", use_bias=True, dtype=self.dtype)
         s = jnp.mean(x.astype(stats_dtype(x)), axis=(1, 2, 3), keepdims=True).astype(x.dtype)
-        s = nn.relu(conv(hidden, name="fc1")(s))
-        s = nn.sigmoid(conv(self.channels, name="fc2")(s))
+        s = nn.relu(conv(hidden, in_features=self.channels, name="fc1")(s))
+        s = nn.sigmoid(conv(self.channels, out_width=x.shape[-1], name="fc2")(s))
         return x * s

@@ -211,3 +211,41 @@ def test_eval_in_chunks_of_clips_gives_the_same_outputs(epam_init):
     assert ("scan" in jaxpr) == (jax.default_backend() == "cpu")
     with pytest.raises(ValueError, match="eval_chunk must be None or an int >= 0"):
         jax.eval_shape(model.clone(eval_chunk=-1).apply, variables, rgb, pose)
+
+
+def test_eval_channel_padding_gives_the_same_outputs(epam_init, monkeypatch):
+    """In eval on CPU the bottleneck runs 54 -> 56 and 108 -> 112 channels wide, the
+    extra ones zero; with random weights and statistics the outputs must not change."""
+    import re
+
+    from epam_jax import streams
+
+    model, variables = epam_init
+    rng = np.random.default_rng(3)
+
+    def randomize(path, v):  # random BatchNorm statistics and affines, non-zero residual gammas
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype)
+        if name in ("mean", "bias"):
+            return jnp.asarray(0.1 * rng.standard_normal(v.shape), v.dtype)
+        return v
+
+    variables = jax.tree_util.tree_map_with_path(randomize, variables)
+    rgb = jnp.asarray(rng.standard_normal((2, 16, 32, 32, 3)), jnp.float32)
+    pose = jnp.asarray(rng.random((2, 48, 8, 8, 17)), jnp.float32)
+
+    def run(multiple):
+        monkeypatch.setattr(streams, "EVAL_CHANNEL_MULTIPLE", multiple)
+        fn = lambda v, a, b: model.apply(v, a, b, return_attention=True)  # noqa: E731  (fresh: no trace cache)
+        jaxpr = str(jax.make_jaxpr(fn)(variables, rgb, pose))
+        widths = set(re.findall(r"f32\[[\d,]*,(\d+)\]", jaxpr))
+        return jax.jit(fn)(variables, rgb, pose), widths
+
+    plain, widths = run(1)
+    assert {"54", "108"} <= widths and not {"56", "112"} & widths
+    padded, widths = run(8)
+    if jax.default_backend() == "cpu":
+        assert {"56", "112"} <= widths
+    for a, b in zip(padded, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

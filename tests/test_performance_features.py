@@ -234,3 +234,55 @@ def test_batch_norm_and_swish_gradients_equal_autodiff(relu, dtype):
     s_ref, silu_vjp = jax.vjp(jax.nn.silu, x)
     assert relative_error(s_ref, s) == 0
     assert relative_error(silu_vjp(g)[0], swish_vjp(g)[0]) <= tol
+
+
+@pytest.mark.parametrize(
+    "kind, kernel_size, stride, use_bias, fold",
+    [
+        ("pointwise", 1, 1, False, True),
+        ("pointwise", 1, 2, True, False),
+        ("depthwise", 3, 1, False, True),
+        ("depthwise", 3, 2, True, True),
+        ("spatial", 3, 1, True, True),
+    ],
+)
+def test_zero_channel_padding_leaves_the_convolution_unchanged(
+    kind, kernel_size, stride, use_bias, fold
+):
+    """Padded input channels meet zero kernel rows, padded outputs are exactly zero."""
+    from epam_jax.layers import Conv
+
+    cin, cout, width = (6, 6, 8) if kind == "depthwise" else (5, 6, 8)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 3, 7, 7, cin)), jnp.float32)
+    x_padded = jnp.pad(x, [(0, 0)] * 4 + [(0, width - cin)])
+    affine = (jnp.asarray(rng.uniform(0.5, 2, cout)), jnp.asarray(rng.standard_normal(cout)))
+    fold_arg = affine if fold else None
+    plain = Conv(cout, kind, kernel_size, stride, use_bias=use_bias)
+    padded = plain.clone(in_features=cin, out_width=width)
+    variables = plain.init(jax.random.key(0), x)
+    variables = jax.tree_util.tree_map(
+        lambda v: v + jnp.asarray(rng.standard_normal(v.shape), v.dtype), variables
+    )
+    expected = plain.apply(variables, x, fold_arg)
+    out = padded.apply(variables, x_padded, fold_arg)
+    assert out.shape == expected.shape[:-1] + (width,)
+    np.testing.assert_allclose(out[..., :cout], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[..., cout:], 0.0)
+    assert jax.tree_util.tree_map(jnp.shape, padded.init(jax.random.key(0), x_padded)) == (
+        jax.tree_util.tree_map(jnp.shape, variables)
+    )  # the parameters keep their unpadded shapes
+    with pytest.raises(ValueError, match="in_features 9 must be <= the input's 8 channels"):
+        plain.clone(in_features=9).init(jax.random.key(0), x_padded)
+
+
+def test_conv_bn_refuses_channel_padding_in_training():
+    from functools import partial
+
+    from epam_jax.layers import BatchNorm, ConvBN
+
+    x = jnp.ones((2, 2, 4, 4, 6))
+    norm = partial(BatchNorm, use_running_average=False)
+    layer = ConvBN(6, norm=norm, out_width=8)
+    with pytest.raises(ValueError, match="padding is for eval"):
+        layer.init(jax.random.key(0), x)
