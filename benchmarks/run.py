@@ -95,9 +95,17 @@ def prepare_weights(directory: str, seed: int) -> str:
 
 
 def run_config(
-    config: dict[str, Any], weights: str, env: dict[str, str], timing: dict, timeout: float
+    config: dict[str, Any],
+    weights: str,
+    env: dict[str, str],
+    timing: dict,
+    timeout: float,
+    plan: bool = False,
 ) -> dict[str, Any]:
-    """Run one configuration in a subprocess; its result dict, or an 'error'."""
+    """Run one configuration in a subprocess; its result dict, or an 'error'.
+
+    ``plan``: only choose the JAX train step's remat setting (``--remat auto``).
+    """
     cmd = [
         sys.executable, "-m", "benchmarks.worker",
         "--framework", config["framework"], "--mode", config["mode"],
@@ -107,7 +115,7 @@ def run_config(
         "--max-time", str(timing["max_time"]),
     ]
     if config["framework"] == "jax" and config["mode"] == "train":
-        cmd += ["--remat", config.get("remat", "auto")]
+        cmd += ["--remat", config.get("remat", "auto")] + (["--plan"] if plan else [])
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -135,7 +143,9 @@ def _fmt_rate(r: dict[str, Any] | None) -> str:
         return "-"
     if "error" in r:
         return "failed"
-    notes = [n for n, on in (("remat", r.get("remat") is True),
+    remat = r.get("remat")
+    notes = [n for n, on in (("remat", remat is True),
+                             ("remat first", bool(remat) and remat is not True),
                              ("malloc", "allocator" in r)) if on]
     return f"{r['clips_per_s']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
@@ -242,9 +252,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="'auto' (try 1 and 2 at the first eval batch), or e.g. '1' or '1,2'")
     parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
     parser.add_argument("--frameworks", type=_csv(str), default=["jax", "torch"])
-    parser.add_argument("--remat", choices=("auto", "on", "off"), default="auto",
-                        help="JAX train step with remat: 'auto' only where the plain step "
-                        "would not fit in memory")
+    parser.add_argument("--remat", choices=("auto", "on", "first", "off"), default="auto",
+                        help="JAX train step with remat of every stage ('on') or the first "
+                        "of each stream ('first'); 'auto' as little as fits in memory")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--max-time", type=float, default=60.0)
@@ -275,15 +285,30 @@ def main(argv: list[str] | None = None) -> None:
 
     results: list[dict[str, Any]] = []
 
+    plain_env = {k: v for k, v in env.items() if k not in TUNED_MALLOC}
+
     def run(config: dict[str, Any]) -> dict[str, Any]:
         print(f"  {config['mode']:5s} batch {config['batch']:2d} {_label(config):10s} ...",
               end=" ", flush=True)
+        plan = None
+        if config["framework"] == "jax" and config["mode"] == "train" and \
+                config["remat"] == "auto":
+            # choose in a process of its own, with the default allocator: a heap that keeps
+            # the compiler's freed memory got a step that fits killed for memory
+            plan = run_config(config, weights, plain_env, timing, args.timeout, plan=True)
+            if "error" in plan:
+                results.append(plan)
+                print(f"choosing remat: {plan['error']}")
+                return plan
+            plan = plan["remat_plan"]
+            config = {**config, "remat": plan["choice"]}
         r = run_config(config, weights, env, timing, args.timeout)
+        if plan is not None:
+            r["remat_plan"] = plan
         if "killed" in r.get("error", "") and args.allocator == "tuned":
             # glibc holding freed memory can push a run that fits over the edge: retry once
             # with the default allocator, and say so in the result
             print("killed; again with the default allocator ...", end=" ", flush=True)
-            plain_env = {k: v for k, v in env.items() if k not in TUNED_MALLOC}
             r = {**run_config(config, weights, plain_env, timing, args.timeout),
                  "allocator": "default (the tuned one ran out of memory)"}
         results.append(r)

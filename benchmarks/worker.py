@@ -27,6 +27,7 @@ RGB_FRAMES, POSE_FRAMES, RGB_SIDE, POSE_SIDE = 16, 48, 224, 56
 NUM_CLASSES = 60
 LR, MOMENTUM, WEIGHT_DECAY = 0.001, 0.9, 3e-4
 TORCH_WEIGHTS = "reference.pt"
+REMAT_AUTO_SHARE = 0.6
 FLAX_WEIGHTS = "variables.npz"
 
 
@@ -141,11 +142,13 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
-    from epam_jax.models import EPAMNet
+    from epam_jax.models import REMAT_FIRST_STAGES, EPAMNet
     from epam_jax.xla_options import compiler_options
 
     dtype = jnp.dtype(args.dtype)
-    model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=args.remat == "on")
+    remat_choices = {"off": False, "first": REMAT_FIRST_STAGES, "on": True}
+    remat = remat_choices.get(args.remat, False)
+    model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=remat)
     variables = jax.device_put(_load_flax(args.weights))
     rgb_np, pose_np, labels_np = make_clips(args.batch, args.seed)
     rgb = jax.device_put(rgb_np.transpose(0, 2, 3, 4, 1))
@@ -205,19 +208,24 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
             compiled = step.lower(state, rgb, pose, labels, rng).compile()
             return compiled, time.perf_counter() - t0
 
+        if args.remat == "auto":
+            # The plain step, else recomputing the first stages, else every stage: the
+            # first whose temporaries take at most REMAT_AUTO_SHARE of the available memory
+            # (glibc holding freed blocks needs the rest).
+            available, tried = _available_bytes(), []
+            for choice in ("off", "first", "on"):
+                compiled, _ = compile_step(model.clone(remat=remat_choices[choice]))
+                tried.append(_temp_bytes(compiled))
+                if tried[-1] is None or tried[-1] <= REMAT_AUTO_SHARE * available:
+                    break
+            out["remat_plan"] = {"choice": choice, "temp_bytes_tried": tried,
+                                 "available_bytes": available}
+            if args.plan:
+                return out
+            model = model.clone(remat=remat_choices[choice])
         compiled, out["compile_s"] = compile_step(model)
-        needed = _buffer_bytes(compiled)
-        temp = _temp_bytes(compiled)
-        if args.remat == "auto" and temp is not None and temp > 0.85 * _available_bytes():
-            # the plain step's temporaries would not fit beside what is already resident:
-            # recompute each stage in the backward pass
-            out["plain_buffer_bytes"] = needed
-            model = model.clone(remat=True)
-            compiled, out["compile_s"] = compile_step(model)
-            needed = _buffer_bytes(compiled)
         out["remat"] = model.remat
-        out["first_temp_bytes"], out["available_bytes"] = temp, _available_bytes()
-        out["xla_buffer_bytes"] = needed
+        out["xla_buffer_bytes"] = _buffer_bytes(compiled)
         t0 = time.perf_counter()
         state, loss = compiled(state, rgb, pose, labels, rng)
         out["loss"] = float(jax.block_until_ready(loss))
@@ -296,9 +304,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", required=True, help="directory written by benchmarks.run")
     parser.add_argument("--dtype", default="float32", help="JAX compute dtype")
     parser.add_argument(
-        "--remat", choices=("auto", "on", "off"), default="auto",
-        help="JAX train step: recompute stages in the backward pass; 'auto' only when the "
-        "plain step's buffers would not fit in memory",
+        "--remat", choices=("auto", "on", "first", "off"), default="auto",
+        help="JAX train step: recompute every stage ('on') or the first of each stream "
+        "('first') in the backward pass; 'auto' as little as fits in memory",
+    )
+    parser.add_argument(
+        "--plan", action="store_true",
+        help="with --remat auto: only choose the remat setting (in a process of its own, so "
+        "the compiler's freed memory does not stay in the measured process's heap)",
     )
     parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads")
     parser.add_argument("--reps", type=int, default=5)
@@ -307,6 +320,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     result = run_jax(args) if args.framework == "jax" else run_torch(args)
+    if args.plan:
+        print("RESULT " + json.dumps(result), flush=True)
+        return
     result["peak_rss_bytes"] = peak_rss_bytes()
     result["clips_per_s"] = args.batch / result["best_s"]
     result["clips_per_s_median"] = args.batch / result["median_s"]

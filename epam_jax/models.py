@@ -43,13 +43,41 @@ class I3DHead(nn.Module):
         return logits.astype(stats_dtype(logits))
 
 
+# The stages with the largest activations: recomputing just these two cuts the
+# train step's buffers by 36% (4.88 -> 3.12 GB at batch 2) for a few percent of time.
+REMAT_FIRST_STAGES = ("rgb_backbone/layer1", "pose_backbone/layer1")
+
+
+def stream_remat(remat: bool | tuple[str, ...], stream: str) -> bool | tuple[str, ...]:
+    """The ``remat`` of one stream from a model's: a bool, or stage paths like
+    'rgb_backbone/layer1' (every stage of every stream for True)."""
+    if isinstance(remat, bool):
+        return remat
+    if isinstance(remat, str) or not all(isinstance(p, str) for p in remat):
+        raise ValueError(f"remat must be a bool or a tuple of stage paths, got {remat!r}")
+    for path in remat:
+        if path.count("/") != 1 or path.split("/")[0] not in ("rgb_backbone", "pose_backbone"):
+            raise ValueError(
+                f"remat stage paths look like 'rgb_backbone/layer1' or 'pose_backbone/layer2', "
+                f"got {path!r}"
+            )
+    prefix = f"{stream}_backbone/"
+    return tuple(p[len(prefix) :] for p in remat if p.startswith(prefix))
+
+
 def make_stream(
-    stream: str, *, dtype: Dtype, remat: bool, bn_axis_name: str | None, name: str | None = None
+    stream: str,
+    *,
+    dtype: Dtype,
+    remat: bool | tuple[str, ...],
+    bn_axis_name: str | None,
+    name: str | None = None,
 ):
     """The RGB or pose X-ShiftNet stream (``name`` only outside ``setup``)."""
     if stream not in STREAMS:
         raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
     cls = X3DTemporalShift if stream == "rgb" else X3DTemporalShiftPose
+    remat = stream_remat(remat, stream)
     return cls(dtype=dtype, remat=remat, bn_axis_name=bn_axis_name, name=name)
 
 
@@ -67,7 +95,7 @@ class _TwoStream(nn.Module):
     attention_type: str = "CBAM_spatial_efficient_temporal"
     freeze_rgb: bool = False
     freeze_pose: bool = False
-    remat: bool = False
+    remat: bool | tuple[str, ...] = False
     bn_axis_name: str | None = None
     dtype: Dtype = jnp.float32
     eval_chunk: int | None = None
@@ -227,7 +255,7 @@ class SingleStreamNet(nn.Module):
     stream: str = "rgb"
     num_classes: int = 60
     dropout_ratio: float = 0.5
-    remat: bool = False
+    remat: bool | tuple[str, ...] = False
     bn_axis_name: str | None = None
     dtype: Dtype = jnp.float32
 

@@ -23,6 +23,7 @@ Array = jax.Array
 Dtype = Any
 
 
+# In eval on CPU the bottleneck channels are zero-padded to a multiple of this (X3DStage).
 EVAL_CHANNEL_MULTIPLE = 8
 
 
@@ -143,8 +144,9 @@ class X3DStream(nn.Module):
 
     Input (N, T, H, W, in_channels); output (N, T, H', W', head_channels) with
     H' the input height after the stem and one stride-2 step per stage.
-    ``remat`` recomputes each stage in the backward pass to save memory; on CPU jit
-    the step with ``compiler_options=epam_jax.xla_options.compiler_options()``.
+    ``remat`` recomputes stages in the backward pass to save memory: True for
+    every stage, or a tuple of stage names ('layer1', ...); on CPU jit the step
+    with ``compiler_options=epam_jax.xla_options.compiler_options()``.
     """
 
     in_channels: int
@@ -154,7 +156,7 @@ class X3DStream(nn.Module):
     head_channels: int
     fold_div: int
     bottleneck_factor: float = 2.25
-    remat: bool = False
+    remat: bool | tuple[str, ...] = False
     bn_axis_name: str | None = None
     dtype: Dtype | None = None
 
@@ -179,9 +181,20 @@ class X3DStream(nn.Module):
             dtype=dtype,
             name="conv1_s",
         )(x.astype(dtype))
-        stage_cls = nn.remat(X3DStage, static_argnums=(2,)) if self.remat else X3DStage
+        names = [f"layer{i}" for i in range(1, len(self.stage_blocks) + 1)]
+        if isinstance(self.remat, bool):
+            recompute = set(names) if self.remat else set()
+        else:
+            recompute = set(self.remat)
+            if recompute - set(names):
+                raise ValueError(
+                    f"{type(self).__name__}: remat names stages {sorted(recompute - set(names))}; "
+                    f"it has {names}"
+                )
         stages = zip(self.stage_blocks, self.stage_widths, strict=True)
         for i, (blocks, width) in enumerate(stages, start=1):
+            remat = f"layer{i}" in recompute
+            stage_cls = nn.remat(X3DStage, static_argnums=(2,)) if remat else X3DStage
             x = stage_cls(
                 blocks,
                 int(width * self.bottleneck_factor),
