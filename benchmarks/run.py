@@ -145,7 +145,7 @@ def _fmt_rate(r: dict[str, Any] | None) -> str:
         return "failed"
     remat = r.get("remat")
     notes = [n for n, on in (("remat", remat is True),
-                             ("remat first", bool(remat) and remat is not True),
+                             ("remat first", isinstance(remat, list)),
                              ("malloc", "allocator" in r)) if on]
     return f"{r['clips_per_s']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
