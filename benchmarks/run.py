@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         plan = None
         if config["framework"] == "jax" and config["mode"] == "train" and \
                 config["remat"] == "auto":
-            # choose in a process of its own, with the default allocator: a heap that keeps
-            # the compiler's freed memory got a step that fits killed for memory
+            # choose in a process of its own, with the default allocator, so the measured
+            # process compiles one step and its heap holds nothing of the others
             plan = run_config(config, weights, plain_env, timing, args.timeout, plan=True)
             if "error" in plan:
                 results.append(plan)

@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--plan", action="store_true",
-        help="with --remat auto: only choose the remat setting (in a process of its own, so "
-        "the compiler's freed memory does not stay in the measured process's heap)",
+        help="with --remat auto: only choose the remat setting and print it (benchmarks.run "
+        "then measures that setting in a fresh process)",
     )
     parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads")
     parser.add_argument("--reps", type=int, default=5)
@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-time", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.plan and (args.framework, args.mode, args.remat) != ("jax", "train", "auto"):
+        parser.error("--plan is for --framework jax --mode train --remat auto")
     result = run_jax(args) if args.framework == "jax" else run_torch(args)
     if args.plan:
         print("RESULT " + json.dumps(result), flush=True)
