@@ -27,10 +27,10 @@ RGB_FRAMES, POSE_FRAMES, RGB_SIDE, POSE_SIDE = 16, 48, 224, 56
 NUM_CLASSES = 60
 LR, MOMENTUM, WEIGHT_DECAY = 0.001, 0.9, 3e-4
 TORCH_WEIGHTS = "reference.pt"
+FLAX_WEIGHTS = "variables.npz"
 # glibc told to keep freed memory has held twice a step's temporaries (train batch 2:
 # 10.1 GB peak for 4.9 GB in one run, 5.6 GB in another), so allow for that.
 REMAT_AUTO_SHARE = 0.45
-FLAX_WEIGHTS = "variables.npz"
 
 
 def make_clips(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
