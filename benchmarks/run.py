@@ -16,12 +16,13 @@ also records how busy the rest of the machine was.
 ``--torch-threads auto`` times PyTorch eval at the first batch with 1 and with
 2 threads and uses the faster count for the other PyTorch configurations.
 ``--allocator tuned`` (the default) runs both frameworks with glibc malloc
-kept from returning memory to the kernel (``MALLOC_*`` variables below): both
-free and re-allocate buffers of tens of MB every call, and re-faulting those
-pages costs about as much as the arithmetic on a small VM. The heap is never
-trimmed: with a 16 GB trim threshold the JAX train step at batch 8 (19.7 GB of
-buffers) gave its pages back and re-faulted them every step (17.6 s a step
-against 9.2 s). ``default`` leaves the environment alone.
+kept from returning memory to the kernel (``MALLOC_*`` variables below) and
+with transparent huge pages for its heap: both free and re-allocate buffers of
+tens of MB every call, and re-faulting those pages costs about as much as the
+arithmetic on a small VM. The heap is never trimmed: with a 16 GB trim
+threshold the JAX train step at batch 8 (19.7 GB of buffers) gave its pages
+back and re-faulted them every step (17.6 s a step against 9.2 s). ``default``
+leaves the environment alone.
 
 Also printed: parameters and FLOPs per stream counted from the model
 (``benchmarks.flops``) beside the published figures, and the heatmap
@@ -52,6 +53,14 @@ TUNED_MALLOC = {
     "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
     "MALLOC_TOP_PAD_": str(512 << 20),
 }
+# Transparent huge pages for the heap (glibc >= 2.35; older ones ignore it).
+TUNED_GLIBC_TUNABLES = "glibc.malloc.hugetlb=1"
+
+
+def tuned_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the tuned allocator settings; other glibc tunables are kept."""
+    tunables = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), TUNED_GLIBC_TUNABLES]))
+    return {**env, **TUNED_MALLOC, "GLIBC_TUNABLES": tunables}
 
 
 def _csv(kind):
@@ -268,10 +277,11 @@ def main(argv: list[str] | None = None) -> None:
         args.eval_batches, args.train_batches = args.eval_batches[:1], args.train_batches[:1]
         args.reps, args.min_time = 3, 1.0
     timing = {"reps": args.reps, "min_time": args.min_time, "max_time": args.max_time}
-    env = dict(os.environ)
-    if args.allocator == "tuned":
-        env.update(TUNED_MALLOC)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    plain_env = dict(os.environ)
+    plain_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), plain_env.get("PYTHONPATH")])
+    )
+    env = tuned_env(plain_env) if args.allocator == "tuned" else plain_env
     info = machine()
     print(f"machine: {info.get('cpu')}, {info['cpus']} CPUs, jax {info['jax']} "
           f"({info['jax_backend']}: {', '.join(info['jax_devices'])}), torch {info['torch']}")
@@ -284,8 +294,6 @@ def main(argv: list[str] | None = None) -> None:
         print("torch is not installed: JAX only")
 
     results: list[dict[str, Any]] = []
-
-    plain_env = {k: v for k, v in env.items() if k not in TUNED_MALLOC}
 
     def run(config: dict[str, Any]) -> dict[str, Any]:
         print(f"  {config['mode']:5s} batch {config['batch']:2d} {_label(config):10s} ...",
@@ -358,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     report: dict[str, Any] = {
         "machine": info,
         "settings": {**vars(args), "weights": source,
-                     "allocator_env": TUNED_MALLOC if args.allocator == "tuned" else {}},
+                     "allocator_env": {k: env[k] for k in (*TUNED_MALLOC, "GLIBC_TUNABLES")
+                                       if env.get(k) != os.environ.get(k)}},
         "results": results,
         "logits_max_rel_diff": agreement,
     }
