@@ -261,9 +261,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="'auto' (try 1 and 2 at the first eval batch), or e.g. '1' or '1,2'")
     parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
     parser.add_argument("--frameworks", type=_csv(str), default=["jax", "torch"])
-    parser.add_argument("--remat", choices=("auto", "on", "first", "off"), default="auto",
-                        help="JAX train step with remat of every stage ('on') or the first "
-                        "of each stream ('first'); 'auto' as little as fits in memory")
+    parser.add_argument("--remat", choices=("auto", "none", "first", "all"), default="auto",
+                        help="JAX train step with remat of the first stage of each stream "
+                        "('first') or every stage ('all'); 'auto' as little as fits in memory")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--max-time", type=float, default=60.0)

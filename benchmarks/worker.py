@@ -144,7 +144,7 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
-    from epam_jax.models import REMAT_FIRST_STAGES, EPAMNet
+    from epam_jax.models import REMAT_SETTINGS, EPAMNet, parse_remat
     from epam_jax.xla_options import compiler_options
 
     # Every call is timed to completion anyway. Dispatched asynchronously, a call can return
@@ -154,8 +154,7 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     # before the call returns.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     dtype = jnp.dtype(args.dtype)
-    remat_choices = {"off": False, "first": REMAT_FIRST_STAGES, "on": True}
-    remat = remat_choices.get(args.remat, False)
+    remat = False if args.remat == "auto" else parse_remat(args.remat)
     model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=remat)
     variables = jax.device_put(_load_flax(args.weights))
     rgb_np, pose_np, labels_np = make_clips(args.batch, args.seed)
@@ -220,8 +219,8 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
             # The plain step, else recomputing the first stages, else every stage: the
             # first whose temporaries take at most REMAT_AUTO_SHARE of the available memory.
             available, tried = _available_bytes(), []
-            for choice in ("off", "first", "on"):
-                compiled, _ = compile_step(model.clone(remat=remat_choices[choice]))
+            for choice in REMAT_SETTINGS:
+                compiled, _ = compile_step(model.clone(remat=parse_remat(choice)))
                 tried.append(_temp_bytes(compiled))
                 if tried[-1] is None or tried[-1] <= REMAT_AUTO_SHARE * available:
                     break
@@ -229,7 +228,7 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
                                  "available_bytes": available}
             if args.plan:
                 return out
-            model = model.clone(remat=remat_choices[choice])
+            model = model.clone(remat=parse_remat(choice))
         compiled, out["compile_s"] = compile_step(model)
         out["remat"] = model.remat
         out["xla_buffer_bytes"] = _buffer_bytes(compiled)
@@ -311,9 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", required=True, help="directory written by benchmarks.run")
     parser.add_argument("--dtype", default="float32", help="JAX compute dtype")
     parser.add_argument(
-        "--remat", choices=("auto", "on", "first", "off"), default="auto",
-        help="JAX train step: recompute every stage ('on') or the first of each stream "
-        "('first') in the backward pass; 'auto' as little as fits in memory",
+        "--remat", choices=("auto", "none", "first", "all"), default="auto",
+        help="JAX train step: recompute the first stage of each stream ('first') or every "
+        "stage ('all') in the backward pass; 'auto' as little as fits in memory",
     )
     parser.add_argument(
         "--plan", action="store_true",

@@ -48,6 +48,31 @@ class I3DHead(nn.Module):
 REMAT_FIRST_STAGES = ("rgb_backbone/layer1", "pose_backbone/layer1")
 
 
+REMAT_SETTINGS = ("none", "first", "all")
+
+
+def parse_remat(value: bool | str | tuple[str, ...]) -> bool | tuple[str, ...]:
+    """A model's ``remat`` from a configuration value.
+
+    'none' (or False), 'all' (or True), 'first' (``REMAT_FIRST_STAGES``), or stage paths,
+    as a tuple or one comma-separated string: 'rgb_backbone/layer1,pose_backbone/layer2'.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text in REMAT_SETTINGS:
+            return {"none": False, "all": True, "first": REMAT_FIRST_STAGES}[text]
+        if "/" not in text:
+            raise ValueError(
+                f"remat must be one of {REMAT_SETTINGS} or comma-separated stage paths like "
+                f"'rgb_backbone/layer1,pose_backbone/layer1', got {value!r}"
+            )
+        value = tuple(p.strip() for p in text.split(","))
+    stream_remat(tuple(value), "rgb")  # checks the paths
+    return tuple(value)
+
+
 def stream_remat(remat: bool | tuple[str, ...], stream: str) -> bool | tuple[str, ...]:
     """The ``remat`` of one stream from a model's: a bool, or stage paths like
     'rgb_backbone/layer1' (every stage of every stream for True)."""

@@ -14,7 +14,14 @@ import optax
 import pytest
 from conftest import ncthw_to_ndhwc, random_clips, relative_error
 
-from epam_jax.models import EPAMNet, SingleStreamNet, variable_shapes
+from epam_jax.models import (
+    REMAT_FIRST_STAGES,
+    EPAMNet,
+    SingleStreamNet,
+    parse_remat,
+    variable_shapes,
+)
+from epam_jax.train.state import build_model
 from epam_jax.xla_options import KEEP_REMAT_BARRIERS, compiler_options
 
 # bfloat16 keeps 8 bits of mantissa: one rounding is 2**-9 ~ 2e-3 relative, and
@@ -157,6 +164,41 @@ def test_remat_of_named_stages_checks_the_names(remat, message):
     x = jnp.zeros((1, 8, 16, 16, 17))
     with pytest.raises(ValueError, match=message):
         jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=True))
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("none", False),
+        (False, False),
+        ("all", True),
+        (True, True),
+        ("first", REMAT_FIRST_STAGES),
+        (" rgb_backbone/layer2, pose_backbone/layer1 ",
+         ("rgb_backbone/layer2", "pose_backbone/layer1")),
+        (("pose_backbone/layer3",), ("pose_backbone/layer3",)),
+    ],
+)
+def test_remat_settings_from_a_configuration(value, expected):
+    assert parse_remat(value) == expected
+    assert build_model("epam", 4, remat=value).remat == expected
+    stream = build_model("pose", 4, remat=value)
+    assert stream.remat == expected
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("True", r"remat must be one of \('none', 'first', 'all'\)"),
+        ("layer1", "remat must be one of"),
+        ("rgb_backbone/layer1,layer2", "remat stage paths look like 'rgb_backbone/layer1'"),
+    ],
+)
+def test_remat_settings_refuse_what_they_do_not_know(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_remat(value)
+    with pytest.raises(ValueError, match=message):
+        build_model("epam", 4, remat=value)
 
 
 @pytest.mark.parametrize(

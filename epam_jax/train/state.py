@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from epam_jax.models import EPAMNet, SingleStreamNet, init_variables
+from epam_jax.models import EPAMNet, SingleStreamNet, init_variables, parse_remat
 
 MODES = ("epam", "rgb", "pose")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -38,7 +38,7 @@ def build_model(
     attention_type: str = "CBAM_spatial_efficient_temporal",
     freeze_rgb: bool = False,
     freeze_pose: bool = False,
-    remat: bool = False,
+    remat: bool | str | tuple[str, ...] = False,
     dtype: str = "float32",
     bn_axis_name: str | None = None,
     eval_chunk: int | None = None,
@@ -51,7 +51,7 @@ def build_model(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    common = dict(num_classes=num_classes, dropout_ratio=dropout_ratio, remat=remat,
+    common = dict(num_classes=num_classes, dropout_ratio=dropout_ratio, remat=parse_remat(remat),
                   bn_axis_name=bn_axis_name, dtype=DTYPES[dtype])
     if mode == "epam":
         return EPAMNet(attention_type=attention_type, freeze_rgb=freeze_rgb,
