@@ -153,7 +153,7 @@ def _fmt_rate(r: dict[str, Any] | None) -> str:
     if "error" in r:
         return "failed"
     remat = r.get("remat")
-    notes = [n for n, on in (("remat", remat is True),
+    notes = [n for n, on in (("remat all", remat is True),
                              ("remat first", isinstance(remat, list)),
                              ("malloc", "allocator" in r)) if on]
     return f"{r['clips_per_s']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
