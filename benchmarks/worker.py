@@ -92,20 +92,13 @@ def measure(
     }
 
 
-def _buffer_bytes(compiled: Any) -> int | None:
-    """Bytes XLA assigned to a compiled function's arguments, outputs and temporaries."""
+def _xla_bytes(compiled: Any, *kinds: str) -> int | None:
+    """Bytes XLA assigned to a compiled function's ``kinds`` ('argument', 'output',
+    'temp'), or None where the backend does not report them."""
     try:
         m = compiled.memory_analysis()
-        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+        return int(sum(getattr(m, f"{kind}_size_in_bytes") for kind in kinds))
     except Exception:  # not every backend reports it
-        return None
-
-
-def _temp_bytes(compiled: Any) -> int | None:
-    """Bytes of temporaries a compiled function allocates on top of its arguments."""
-    try:
-        return int(compiled.memory_analysis().temp_size_in_bytes)
-    except Exception:
         return None
 
 
@@ -220,18 +213,19 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
             # first whose temporaries take at most REMAT_AUTO_SHARE of the available memory.
             available, tried = _available_bytes(), []
             for choice in REMAT_SETTINGS:
-                compiled, _ = compile_step(model.clone(remat=parse_remat(choice)))
-                tried.append(_temp_bytes(compiled))
+                model = model.clone(remat=parse_remat(choice))
+                compiled, out["compile_s"] = compile_step(model)
+                tried.append(_xla_bytes(compiled, "temp"))
                 if tried[-1] is None or tried[-1] <= REMAT_AUTO_SHARE * available:
                     break
             out["remat_plan"] = {"choice": choice, "temp_bytes_tried": tried,
                                  "available_bytes": available}
             if args.plan:
                 return out
-            model = model.clone(remat=parse_remat(choice))
-        compiled, out["compile_s"] = compile_step(model)
+        else:
+            compiled, out["compile_s"] = compile_step(model)
         out["remat"] = model.remat
-        out["xla_buffer_bytes"] = _buffer_bytes(compiled)
+        out["xla_buffer_bytes"] = _xla_bytes(compiled, "argument", "output", "temp")
         t0 = time.perf_counter()
         state, loss = compiled(state, rgb, pose, labels, rng)
         out["loss"] = float(jax.block_until_ready(loss))
