@@ -294,7 +294,8 @@ def test_batch_norm_and_swish_gradients_equal_autodiff(relu, dtype):
 
     s, swish_vjp = jax.vjp(swish, x)
     s_ref, silu_vjp = jax.vjp(jax.nn.silu, x)
-    assert relative_error(s_ref, s) == 0
+    # x / (1 + exp(-x)) against x * sigmoid(x): the same value to within rounding
+    assert relative_error(s_ref, s) <= (2.5e-7 if dtype == jnp.float32 else 1e-2)
     assert relative_error(silu_vjp(g)[0], swish_vjp(g)[0]) <= tol
 
 
