@@ -188,7 +188,7 @@ def summarize(results: list[dict[str, Any]], dtypes: list[str]) -> tuple[str, li
         jr, tr = row[dtypes[0]], row["torch"]
         speed = "-"
         if jr and tr and "error" not in jr:
-            speed = f"{jr['clips_per_s'] / tr['clips_per_s']:.2f}x"
+            speed = f"{jr['clips_per_s'] / tr['clips_per_s']:.3f}x"
         torch_cell = _fmt_rate(tr) + (f" ({tr['threads']}T)" if tr else "")
         compile_s = f"{jr['compile_s']:.1f}" if jr and "compile_s" in jr else "-"
         lines.append(
