@@ -119,11 +119,13 @@ def run_config(
         sys.executable, "-m", "benchmarks.worker",
         "--framework", config["framework"], "--mode", config["mode"],
         "--batch", str(config["batch"]), "--weights", weights,
-        "--dtype", config.get("dtype", "float32"), "--threads", str(config.get("threads", 1)),
+        "--dtype", config.get("dtype", "float32"),
         "--reps", str(timing["reps"]), "--min-time", str(timing["min_time"]),
         "--max-time", str(timing["max_time"]),
     ]
-    if config["framework"] == "jax" and config["mode"] == "train":
+    if config["framework"] == "torch":
+        cmd += ["--threads", str(config.get("threads", 0)), "--device", config["device"]]
+    elif config["mode"] == "train":
         cmd += ["--remat", config.get("remat", "auto")] + (["--plan"] if plan else [])
     t0 = time.perf_counter()
     try:
@@ -141,10 +143,15 @@ def run_config(
     return {**config, **json.loads(lines[-1][len("RESULT "):]), "process_s": wall}
 
 
+def _short(dtype: str) -> str:
+    return "bf16" if dtype == "bfloat16" else "fp32"
+
+
 def _label(r: dict[str, Any]) -> str:
     if r["framework"] == "torch":
-        return f"torch {r['threads']}T"
-    return f"jax {'bf16' if r.get('dtype') == 'bfloat16' else 'fp32'}"
+        where = f"{r['threads']}T" if r["device"] == "cpu" else "cuda"
+        return f"torch {_short(r['dtype'])} {where}"
+    return f"jax {_short(r['dtype'])}"
 
 
 def _fmt_rate(r: dict[str, Any] | None) -> str:
@@ -156,46 +163,57 @@ def _fmt_rate(r: dict[str, Any] | None) -> str:
     notes = [n for n, on in (("remat all", remat is True),
                              ("remat first", isinstance(remat, list)),
                              ("malloc", "allocator" in r)) if on]
+    if r["framework"] == "torch" and r["device"] == "cpu":
+        notes.append(f"{r['threads']}T")
     return f"{r['clips_per_s']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
-def _gb(r: dict[str, Any] | None, key: str = "peak_rss_bytes") -> str:
-    if r is None or key not in r:
+def _memory(r: dict[str, Any] | None) -> str:
+    """GB: the device's peak where the run used a GPU, else the process's peak RSS."""
+    if r is None:
         return "-"
-    return f"{r[key] / 2**30:.2f}"
+    value = r.get("device_peak_bytes", r.get("peak_rss_bytes"))
+    return "-" if value is None else f"{value / 2**30:.2f}"
 
 
 def summarize(results: list[dict[str, Any]], dtypes: list[str]) -> tuple[str, list[dict]]:
-    """The side-by-side table and its rows (speedup = JAX / best PyTorch)."""
+    """The side-by-side table and its rows: per dtype JAX, the best PyTorch run in that
+    dtype, and their ratio (speedup = JAX / PyTorch)."""
     rows = []
     keys = sorted({(r["mode"], r["batch"]) for r in results}, key=lambda k: (k[0] != "eval", k))
     for mode, batch in keys:
         group = [r for r in results if r["mode"] == mode and r["batch"] == batch]
-        torch_ok = [r for r in group if r["framework"] == "torch" and "error" not in r]
-        best_torch = max(torch_ok, key=lambda r: r["clips_per_s"], default=None)
-        row: dict[str, Any] = {"mode": mode, "batch": batch}
+        row: dict[str, Any] = {"mode": mode, "batch": batch, "jax": {}, "torch": {}}
         for dtype in dtypes:
-            jr = next((r for r in group if r["framework"] == "jax" and r["dtype"] == dtype), None)
-            row[dtype] = jr
-        row["torch"] = best_torch
+            row["jax"][dtype] = next(
+                (r for r in group if r["framework"] == "jax" and r["dtype"] == dtype), None
+            )
+            torch_ok = [r for r in group if r["framework"] == "torch" and r["dtype"] == dtype
+                        and "error" not in r]
+            failed = [r for r in group if r["framework"] == "torch" and r["dtype"] == dtype]
+            row["torch"][dtype] = max(torch_ok, key=lambda r: r["clips_per_s"],
+                                      default=failed[0] if failed else None)
         row["torch_all"] = [r for r in group if r["framework"] == "torch"]
         rows.append(row)
     head = ["mode", "batch"]
-    head += [f"jax {'bf16' if d == 'bfloat16' else 'fp32'} clips/s" for d in dtypes]
-    head += ["torch clips/s", "speedup", "jax compile s", "jax RSS GB", "torch RSS GB"]
+    for dtype in dtypes:
+        head += [f"jax {_short(dtype)}", f"torch {_short(dtype)}", "speedup"]
+    head += ["jax compile s", "jax GB", "torch GB"]
     lines = [head]
     for row in rows:
-        jr, tr = row[dtypes[0]], row["torch"]
-        speed = "-"
-        if jr and tr and "error" not in jr:
-            speed = f"{jr['clips_per_s'] / tr['clips_per_s']:.3f}x"
-        torch_cell = _fmt_rate(tr) + (f" ({tr['threads']}T)" if tr else "")
-        compile_s = f"{jr['compile_s']:.1f}" if jr and "compile_s" in jr else "-"
-        lines.append(
-            [row["mode"], str(row["batch"])]
-            + [_fmt_rate(row[d]) for d in dtypes]
-            + [torch_cell, speed, compile_s, _gb(jr), _gb(tr)]
-        )
+        line = [row["mode"], str(row["batch"])]
+        for dtype in dtypes:
+            jr, tr = row["jax"][dtype], row["torch"][dtype]
+            speed = "-"
+            if jr and tr and "error" not in jr and "error" not in tr:
+                speed = f"{jr['clips_per_s'] / tr['clips_per_s']:.3f}x"
+            line += [_fmt_rate(jr), _fmt_rate(tr), speed]
+        jax_runs = [row["jax"][d] for d in dtypes]
+        line.append("/".join(f"{r['compile_s']:.1f}" if r and "compile_s" in r else "-"
+                             for r in jax_runs))
+        line.append("/".join(_memory(r) for r in jax_runs))
+        line.append("/".join(_memory(row["torch"][d]) for d in dtypes))
+        lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     text = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
     text.insert(1, "-" * len(text[0]))
@@ -209,7 +227,9 @@ def output_agreement(results: list[dict[str, Any]]) -> float | None:
         if r["framework"] != "jax" or r["mode"] != "eval" or r.get("dtype") != "float32":
             continue
         for t in results:
-            if t["framework"] == "torch" and t["mode"] == "eval" and t["batch"] == r["batch"]:
+            if (t["framework"], t["mode"], t["batch"], t["dtype"]) == (
+                "torch", "eval", r["batch"], "float32"
+            ):
                 if "logits" not in r or "logits" not in t:
                     continue
                 a, b = np.asarray(r["logits"]), np.asarray(t["logits"])
@@ -241,6 +261,7 @@ def machine() -> dict[str, Any]:
         import torch
 
         info["torch"] = torch.__version__
+        info["torch_cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     except ImportError:
         info["torch"] = None
     return info
@@ -255,10 +276,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-batches", type=_csv(int), default=[1, 4, 16])
     parser.add_argument("--train-batches", type=_csv(int), default=[2, 8])
     parser.add_argument("--dtypes", type=_csv(str), default=None,
-                        help="JAX compute dtypes (PyTorch runs float32); default float32 on "
-                        "CPU, which has no fast bfloat16 arithmetic, float32,bfloat16 elsewhere")
+                        help="compute dtypes: JAX's model dtype, PyTorch's autocast (on CUDA; "
+                        "on CPU PyTorch runs float32 only); default float32 on CPU, which has "
+                        "no fast bfloat16 arithmetic, float32,bfloat16 elsewhere")
+    parser.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="'auto': CUDA where JAX runs on a GPU and torch sees one, else CPU")
     parser.add_argument("--torch-threads", default="auto",
-                        help="'auto' (try 1 and 2 at the first eval batch), or e.g. '1' or '1,2'")
+                        help="on CPU: 'auto' (try 1 and 2 at the first eval batch), or e.g. "
+                        "'1' or '1,2'")
     parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
     parser.add_argument("--frameworks", type=_csv(str), default=["jax", "torch"])
     parser.add_argument("--remat", choices=("auto", "none", "first", "all"), default="auto",
@@ -292,6 +317,13 @@ def main(argv: list[str] | None = None) -> None:
     if info["torch"] is None and "torch" in args.frameworks:
         args.frameworks = [f for f in args.frameworks if f != "torch"]
         print("torch is not installed: JAX only")
+    torch_device = args.torch_device
+    if torch_device == "auto":
+        on_gpu = info["jax_backend"] == "gpu" and info.get("torch_cuda")
+        torch_device = "cuda" if on_gpu else "cpu"
+    if torch_device == "cpu" and info["jax_backend"] != "cpu" and "torch" in args.frameworks:
+        print("note: PyTorch runs on the CPU and JAX on the GPU; speedups compare unlike devices")
+    torch_dtypes = args.dtypes if torch_device == "cuda" else ["float32"]
 
     results: list[dict[str, Any]] = []
 
@@ -324,15 +356,19 @@ def main(argv: list[str] | None = None) -> None:
             print(r["error"])
         else:
             extra = f", compile {r['compile_s']:.1f} s" if "compile_s" in r else ""
+            device = (f", device peak {r['device_peak_bytes'] / 2**30:.2f} GB"
+                      if "device_peak_bytes" in r else "")
             print(f"{r['clips_per_s']:.2f} clips/s (median {r['clips_per_s_median']:.2f}), "
-                  f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GB{extra}, "
+                  f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GB{device}{extra}, "
                   f"other load <= {r['other_load_max']}")
         return r
 
     with tempfile.TemporaryDirectory(prefix="epam_bench_") as weights:
         source = prepare_weights(weights, args.seed)
         print(f"weights: {source}; allocator: {args.allocator}")
-        if args.torch_threads == "auto":
+        if torch_device == "cuda":  # PyTorch's own thread count: the GPU does the work
+            torch_threads, auto = [0], False
+        elif args.torch_threads == "auto":
             torch_threads = [1, 2] if (os.cpu_count() or 1) > 1 else [1]
             auto = True
         else:
@@ -344,9 +380,10 @@ def main(argv: list[str] | None = None) -> None:
                         run({"framework": "jax", "mode": mode, "batch": batch, "dtype": dtype,
                              "remat": args.remat})
                 if "torch" in args.frameworks:
-                    for threads in torch_threads:
-                        run({"framework": "torch", "mode": mode, "batch": batch,
-                             "dtype": "float32", "threads": threads})
+                    for dtype in torch_dtypes:
+                        for threads in torch_threads:
+                            run({"framework": "torch", "mode": mode, "batch": batch,
+                                 "dtype": dtype, "threads": threads, "device": torch_device})
                     if auto and len(torch_threads) > 1:
                         tried = [r for r in results[-len(torch_threads):] if "error" not in r]
                         if tried:
@@ -356,8 +393,10 @@ def main(argv: list[str] | None = None) -> None:
 
     table, rows = summarize(results, args.dtypes)
     print()
-    print("Throughput in clips/s (best of the repetitions); speedup = JAX "
-          f"{args.dtypes[0]} / best PyTorch")
+    print("Throughput in clips/s (best of the repetitions); speedup = JAX / best PyTorch in "
+          f"the same dtype; PyTorch on {torch_device}; GB: "
+          + ("device peak" if info["jax_backend"] != "cpu" else "peak RSS")
+          + (", per dtype" if len(args.dtypes) > 1 else ""))
     print(table)
     agreement = output_agreement(results)
     if agreement is not None:

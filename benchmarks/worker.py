@@ -103,7 +103,15 @@ def _xla_bytes(compiled: Any, *kinds: str) -> int | None:
 
 
 def _available_bytes() -> int:
-    """Memory available to a new allocation (Linux MemAvailable; else all of it)."""
+    """Memory available to JAX's buffers: the accelerator's allocator limit, else the
+    host's (Linux MemAvailable; else all of it)."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -145,7 +153,8 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     # previous call's; glibc's heap then grows to hold both and keeps them (train batch 8
     # with 12.5 GB of temporaries was killed for memory). Synchronous dispatch frees them
     # before the call returns.
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    if jax.default_backend() == "cpu":
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
     dtype = jnp.dtype(args.dtype)
     remat = False if args.remat == "auto" else parse_remat(args.remat)
     model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=remat)
@@ -164,6 +173,7 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         logits = jax.block_until_ready(compiled(variables, rgb, pose))
         out["first_run_s"] = time.perf_counter() - t0
+        out["xla_buffer_bytes"] = _xla_bytes(compiled, "argument", "output", "temp")
         out["logits"] = [np.asarray(x[0], np.float64).round(6).tolist() for x in logits]
 
         def call() -> None:
@@ -249,27 +259,52 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_torch(args: argparse.Namespace) -> dict[str, Any]:
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
     from converters.reference import build_reference
 
-    torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch build sees no CUDA device")
+    if args.dtype not in ("float32", "bfloat16") or (args.dtype == "bfloat16" and not cuda):
+        raise SystemExit(f"PyTorch runs float32, or bfloat16 autocast on CUDA; got {args.dtype} "
+                         f"on {args.device}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    # cuDNN picks the fastest algorithm per shape, as a tuned PyTorch pipeline would.
+    torch.backends.cudnn.benchmark = cuda
     model = build_reference("epam", num_classes=NUM_CLASSES)
     state = torch.load(os.path.join(args.weights, TORCH_WEIGHTS), weights_only=True)
     model.load_state_dict(state)
+    model.to(device)
     rgb_np, pose_np, labels_np = make_clips(args.batch, args.seed)
-    rgb, pose = torch.from_numpy(rgb_np), torch.from_numpy(pose_np)
-    labels = torch.from_numpy(labels_np)
-    out: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    rgb, pose = torch.from_numpy(rgb_np).to(device), torch.from_numpy(pose_np).to(device)
+    labels = torch.from_numpy(labels_np).to(device)
+    out: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                           "device_name": torch.cuda.get_device_name() if cuda else "cpu"}
+
+    def autocast():
+        if args.dtype == "bfloat16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
 
     if args.mode == "eval":
         model.eval()
 
         def call() -> Any:
-            with torch.inference_mode():
-                return model(rgb, pose)
+            with torch.inference_mode(), autocast():
+                result = model(rgb, pose)
+            sync()
+            return result
 
     else:
         model.train()
@@ -279,20 +314,26 @@ def run_torch(args: argparse.Namespace) -> dict[str, Any]:
 
         def call() -> Any:
             opt.zero_grad(set_to_none=True)
-            rgb_logits, pose_logits = model(rgb, pose)
-            loss = F.cross_entropy(rgb_logits, labels) + F.cross_entropy(pose_logits, labels)
+            with autocast():
+                rgb_logits, pose_logits = model(rgb, pose)
+                loss = F.cross_entropy(rgb_logits.float(), labels) + F.cross_entropy(
+                    pose_logits.float(), labels
+                )
             loss.backward()
             opt.step()
+            sync()
             return loss
 
     t0 = time.perf_counter()
     first = call()
     out["first_run_s"] = time.perf_counter() - t0
     if args.mode == "eval":
-        out["logits"] = [x[0].double().numpy().round(6).tolist() for x in first]
+        out["logits"] = [x[0].double().cpu().numpy().round(6).tolist() for x in first]
     else:
         out["loss"] = float(first)
     out.update(measure(call, args.reps, args.min_time, args.max_time))
+    if cuda:
+        out["device_peak_bytes"] = int(torch.cuda.max_memory_allocated())
     return out
 
 
@@ -302,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=("eval", "train"), required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--weights", required=True, help="directory written by benchmarks.run")
-    parser.add_argument("--dtype", default="float32", help="JAX compute dtype")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype: JAX's model dtype; PyTorch's autocast (CUDA only)")
     parser.add_argument(
         "--remat", choices=("auto", "none", "first", "all"), default="auto",
         help="JAX train step: recompute the first stage of each stream ('first') or every "
@@ -313,7 +355,10 @@ def main(argv: list[str] | None = None) -> None:
         help="with --remat auto: only choose the remat setting and print it (benchmarks.run "
         "then measures that setting in a fresh process)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="PyTorch intra-op threads (0: PyTorch's default)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where PyTorch runs (JAX runs on its default backend)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=2.0)
     parser.add_argument("--max-time", type=float, default=60.0)
