@@ -2,7 +2,7 @@
 
     python -m benchmarks.run [--quick] [--json PATH] [--eval-batches 1,4,16]
                              [--train-batches 2,8] [--dtypes float32,bfloat16]
-                             [--torch-threads auto] [--allocator tuned]
+                             [--torch-threads auto] [--allocator auto]
 
 One run measures, on the same weights and the same clips (16x224x224 RGB and
 48x56x56x17 pose heatmaps): eval throughput, train-step throughput (forward,
@@ -15,7 +15,7 @@ also records how busy the rest of the machine was.
 
 ``--torch-threads auto`` times PyTorch eval at the first batch with 1 and with
 2 threads and uses the faster count for the other PyTorch configurations.
-``--allocator tuned`` (the default) runs both frameworks with glibc malloc
+``--allocator tuned`` (the default where JAX runs on the CPU) runs both frameworks with glibc malloc
 kept from returning memory to the kernel (``MALLOC_*`` variables below) and
 with transparent huge pages for its heap: both free and re-allocate buffers of
 tens of MB every call, and re-faulting those pages costs about as much as the
@@ -137,9 +137,11 @@ def run_config(
     wall = time.perf_counter() - t0
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        reason = "killed (out of memory?)" if proc.returncode in (-9, 137) else " | ".join(tail)
-        return {**config, "error": f"exit {proc.returncode}: {reason}", "process_s": wall}
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        killed = proc.returncode in (-9, 137)
+        reason = "killed (out of memory?)" if killed else " | ".join(tail[-3:])
+        return {**config, "error": f"exit {proc.returncode}: {reason}", "process_s": wall,
+                "output_tail": tail[-60:]}
     return {**config, **json.loads(lines[-1][len("RESULT "):]), "process_s": wall}
 
 
@@ -284,7 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch-threads", default="auto",
                         help="on CPU: 'auto' (try 1 and 2 at the first eval batch), or e.g. "
                         "'1' or '1,2'")
-    parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
+    parser.add_argument(
+        "--allocator",
+        choices=("auto", "tuned", "default"),
+        default="auto",
+        help="'auto': tuned where JAX runs on the CPU, default elsewhere",
+    )
     parser.add_argument("--frameworks", type=_csv(str), default=["jax", "torch"])
     parser.add_argument("--remat", choices=("auto", "none", "first", "all"), default="auto",
                         help="JAX train step with remat of the first stage of each stream "
@@ -306,8 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     plain_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), plain_env.get("PYTHONPATH")])
     )
-    env = tuned_env(plain_env) if args.allocator == "tuned" else plain_env
     info = machine()
+    if args.allocator == "auto":
+        args.allocator = "tuned" if info["jax_backend"] == "cpu" else "default"
+    env = tuned_env(plain_env) if args.allocator == "tuned" else plain_env
     print(f"machine: {info.get('cpu')}, {info['cpus']} CPUs, jax {info['jax']} "
           f"({info['jax_backend']}: {', '.join(info['jax_devices'])}), torch {info['torch']}")
     if info["jax_backend"] == "cpu":
