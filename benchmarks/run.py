@@ -15,14 +15,20 @@ also records how busy the rest of the machine was.
 
 ``--torch-threads auto`` times PyTorch eval at the first batch with 1 and with
 2 threads and uses the faster count for the other PyTorch configurations.
-``--allocator tuned`` (the default where JAX runs on the CPU) runs both frameworks with glibc malloc
-kept from returning memory to the kernel (``MALLOC_*`` variables below) and
-with transparent huge pages for its heap: both free and re-allocate buffers of
-tens of MB every call, and re-faulting those pages costs about as much as the
-arithmetic on a small VM. The heap is never trimmed: with a 16 GB trim
-threshold the JAX train step at batch 8 (19.7 GB of buffers) gave its pages
-back and re-faulted them every step (17.6 s a step against 9.2 s). ``default``
-leaves the environment alone.
+``--allocator tuned`` (the default where JAX runs on the CPU) runs both
+frameworks with glibc malloc kept from returning memory to the kernel
+(``MALLOC_*`` variables below) and with transparent huge pages for its heap:
+both free and re-allocate buffers of tens of MB every call, and re-faulting
+those pages costs about as much as the arithmetic on a small VM. The heap is
+never trimmed: with a 16 GB trim threshold the JAX train step at batch 8
+(19.7 GB of buffers) gave its pages back and re-faulted them every step (17.6 s
+a step against 9.2 s). ``default`` leaves the environment alone.
+
+On a GPU, PyTorch runs there too (``--torch-device auto``), in float32 and in
+bfloat16 autocast beside JAX's two dtypes, and memory is the device's peak
+(XLA's allocator statistics, ``torch.cuda.max_memory_allocated``). JAX does not
+preallocate (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless set): this process
+itself starts JAX, which would otherwise hold 75% of the GPU for its lifetime.
 
 Also printed: parameters and FLOPs per stream counted from the model
 (``benchmarks.flops``) beside the published figures, and the heatmap
@@ -309,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
         args.eval_batches, args.train_batches = args.eval_batches[:1], args.train_batches[:1]
         args.reps, args.min_time = 3, 1.0
     timing = {"reps": args.reps, "min_time": args.min_time, "max_time": args.max_time}
+    # This process asks JAX for its backend; with XLA's default it would then hold 75% of a
+    # GPU's memory for its lifetime and the configurations' processes would run short.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     plain_env = dict(os.environ)
     plain_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), plain_env.get("PYTHONPATH")])

@@ -22,7 +22,7 @@ from epam_jax.models import (
     variable_shapes,
 )
 from epam_jax.train.state import build_model
-from epam_jax.xla_options import KEEP_REMAT_BARRIERS, compiler_options
+from epam_jax.xla_options import KEEP_REMAT_BARRIERS, NO_TRITON_GEMM, compiler_options
 
 # bfloat16 keeps 8 bits of mantissa: one rounding is 2**-9 ~ 2e-3 relative, and
 # about 60 layers of it add up. Measured on these inputs: 3.2e-3 (rgb logits),
@@ -91,9 +91,10 @@ def test_bfloat16_training_keeps_parameters_and_statistics_in_float32():
     assert all(moved)
 
 
-def test_compiler_options_are_for_cpu_only():
+def test_compiler_options_per_backend():
     assert compiler_options("cpu") == KEEP_REMAT_BARRIERS
-    assert compiler_options("gpu") is None and compiler_options("tpu") is None
+    assert compiler_options("gpu") == compiler_options("cuda") == NO_TRITON_GEMM
+    assert compiler_options("tpu") is None
 
 
 def test_remat_keeps_names_and_gradients_and_saves_memory_on_cpu():
