@@ -133,6 +133,8 @@ def run_config(
         cmd += ["--threads", str(config.get("threads", 0)), "--device", config["device"]]
     elif config["mode"] == "train":
         cmd += ["--remat", config.get("remat", "auto")] + (["--plan"] if plan else [])
+    else:
+        cmd += ["--runner", config.get("runner", "jit")]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -159,7 +161,8 @@ def _label(r: dict[str, Any]) -> str:
     if r["framework"] == "torch":
         where = f"{r['threads']}T" if r["device"] == "cpu" else "cuda"
         return f"torch {_short(r['dtype'])} {where}"
-    return f"jax {_short(r['dtype'])}"
+    streams = " streams" if r.get("runner") == "concurrent" else ""
+    return f"jax {_short(r['dtype'])}{streams}"
 
 
 def _fmt_rate(r: dict[str, Any] | None) -> str:
@@ -192,9 +195,13 @@ def summarize(results: list[dict[str, Any]], dtypes: list[str]) -> tuple[str, li
     for mode, batch in keys:
         group = [r for r in results if r["mode"] == mode and r["batch"] == batch]
         row: dict[str, Any] = {"mode": mode, "batch": batch, "jax": {}, "torch": {}}
+        row["concurrent"] = {}
         for dtype in dtypes:
-            row["jax"][dtype] = next(
-                (r for r in group if r["framework"] == "jax" and r["dtype"] == dtype), None
+            jax_runs = [r for r in group if r["framework"] == "jax" and r["dtype"] == dtype]
+            row["jax"][dtype] = next((r for r in jax_runs if r.get("runner") != "concurrent"),
+                                     None)
+            row["concurrent"][dtype] = next(
+                (r for r in jax_runs if r.get("runner") == "concurrent"), None
             )
             torch_ok = [r for r in group if r["framework"] == "torch" and r["dtype"] == dtype
                         and "error" not in r]
@@ -203,9 +210,11 @@ def summarize(results: list[dict[str, Any]], dtypes: list[str]) -> tuple[str, li
                                       default=failed[0] if failed else None)
         row["torch_all"] = [r for r in group if r["framework"] == "torch"]
         rows.append(row)
+    streams = any(row["concurrent"][d] for row in rows for d in dtypes)
     head = ["mode", "batch"]
     for dtype in dtypes:
         head += [f"jax {_short(dtype)}", f"torch {_short(dtype)}", "speedup"]
+        head += [f"jax {_short(dtype)} streams", "speedup"] if streams else []
     head += ["jax compile s", "jax GB", "torch GB"]
     lines = [head]
     for row in rows:
@@ -216,6 +225,12 @@ def summarize(results: list[dict[str, Any]], dtypes: list[str]) -> tuple[str, li
             if jr and tr and "error" not in jr and "error" not in tr:
                 speed = f"{jr['clips_per_s'] / tr['clips_per_s']:.3f}x"
             line += [_fmt_rate(jr), _fmt_rate(tr), speed]
+            if streams:
+                cr = row["concurrent"][dtype]
+                speed = "-"
+                if cr and tr and "error" not in cr and "error" not in tr:
+                    speed = f"{cr['clips_per_s'] / tr['clips_per_s']:.3f}x"
+                line += [_fmt_rate(cr), speed]
         jax_runs = [row["jax"][d] for d in dtypes]
         line.append("/".join(f"{r['compile_s']:.1f}" if r and "compile_s" in r else "-"
                              for r in jax_runs))
@@ -293,6 +308,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="on CPU: 'auto' (try 1 and 2 at the first eval batch), or e.g. "
                         "'1' or '1,2'")
     parser.add_argument(
+        "--jax-runners",
+        type=_csv(str),
+        default=None,
+        help="JAX eval through 'jit' (jax.jit(model.apply)) and/or 'concurrent' "
+        "(epam_jax.concurrent_eval.ConcurrentStreams); default both on CPU, jit elsewhere",
+    )
+    parser.add_argument(
         "--allocator",
         choices=("auto", "tuned", "default"),
         default="auto",
@@ -342,6 +364,11 @@ def main(argv: list[str] | None = None) -> None:
     if torch_device == "cpu" and info["jax_backend"] != "cpu" and "torch" in args.frameworks:
         print("note: PyTorch runs on the CPU and JAX on the GPU; speedups compare unlike devices")
     torch_dtypes = args.dtypes if torch_device == "cuda" else ["float32"]
+    runners = args.jax_runners
+    if runners is None:
+        runners = ["jit", "concurrent"] if info["jax_backend"] == "cpu" else ["jit"]
+    if not set(runners) <= {"jit", "concurrent"}:
+        parser.error(f"--jax-runners takes 'jit' and 'concurrent', got {runners}")
 
     results: list[dict[str, Any]] = []
 
@@ -395,8 +422,9 @@ def main(argv: list[str] | None = None) -> None:
             for batch in batches:
                 if "jax" in args.frameworks:
                     for dtype in args.dtypes:
-                        run({"framework": "jax", "mode": mode, "batch": batch, "dtype": dtype,
-                             "remat": args.remat})
+                        for runner in runners if mode == "eval" else ["jit"]:
+                            run({"framework": "jax", "mode": mode, "batch": batch,
+                                 "dtype": dtype, "remat": args.remat, "runner": runner})
                 if "torch" in args.frameworks:
                     for dtype in torch_dtypes:
                         for threads in torch_threads:

@@ -183,23 +183,47 @@ class _TwoStream(nn.Module):
         stride = self.check_inputs(rgb, pose)
         batch = rgb.shape[0]
         chunk = batch if train or self.is_initializing() else self.eval_chunk_size(batch)
+
+        def both(module, rgb, pose):
+            return module._features(rgb, pose, stride, train)
+
+        return self._over_clips(both, (rgb, pose), chunk)
+
+    def stream_features(self, x: Array, stream: str) -> Array:
+        """Eval features of one stream ('rgb' or 'pose'), ``eval_chunk_size`` clips at a time.
+
+        With ``from_features`` this splits the eval forward so the two streams can
+        run at the same time (``epam_jax.concurrent_eval.ConcurrentStreams``).
+        """
+        if stream not in STREAMS:
+            raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
+
+        def one(module, x):
+            backbone = module.rgb_backbone if stream == "rgb" else module.pose_backbone
+            return backbone(x, train=False)
+
+        return self._over_clips(one, (x,), self.eval_chunk_size(x.shape[0]))
+
+    def _over_clips(self, fn: Any, inputs: tuple[Array, ...], chunk: int) -> Any:
+        """``fn(module, *inputs)`` over the batch, ``chunk`` clips a step (``nn.scan``)."""
+        batch = inputs[0].shape[0]
         if chunk == batch:
-            return self._features(rgb, pose, stride, train)
+            return fn(self, *inputs)
         steps, rest = divmod(batch, chunk)
 
         def body(module, carry, clips):
-            return carry, module._features(*clips, stride, train)
+            return carry, fn(module, *clips)
 
         def grouped(x):
             return x[: steps * chunk].reshape(steps, chunk, *x.shape[1:])
 
         loop = nn.scan(body, variable_broadcast=True, split_rngs={}, length=steps)
-        _, outs = loop(self, None, (grouped(rgb), grouped(pose)))
-        outs = [o.reshape(steps * chunk, *o.shape[2:]) for o in outs]
+        _, outs = loop(self, None, tuple(grouped(x) for x in inputs))
+        outs = jax.tree_util.tree_map(lambda o: o.reshape(steps * chunk, *o.shape[2:]), outs)
         if rest:
-            tail = self._features(rgb[steps * chunk :], pose[steps * chunk :], stride, train)
-            outs = [jnp.concatenate(pair) for pair in zip(outs, tail, strict=True)]
-        return tuple(outs)
+            tail = fn(self, *(x[steps * chunk :] for x in inputs))
+            outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), outs, tail)
+        return outs
 
     def _features(
         self, rgb: Array, pose: Array, stride: int, train: bool
@@ -210,9 +234,20 @@ class _TwoStream(nn.Module):
         pose_feats = self.pose_backbone(pose, train=train and not self.freeze_pose)
         if self.freeze_pose:
             pose_feats = jax.lax.stop_gradient(pose_feats)
-        aligned = pose_feats[:, ::stride][:, : rgb.shape[1]]
-        attention = self.attention_module(aligned, train=train)
-        return rgb_feats, pose_feats, attention
+        return rgb_feats, pose_feats, self._attend(rgb_feats, pose_feats, stride, train)
+
+    def _attend(self, rgb_feats: Array, pose_feats: Array, stride: int, train: bool) -> Array:
+        """The attention map from the pose frames aligned with the RGB frames."""
+        aligned = pose_feats[:, ::stride][:, : rgb_feats.shape[1]]
+        return self.attention_module(aligned, train=train)
+
+    def from_features(
+        self, rgb_feats: Array, pose_feats: Array, stride: int, *, return_attention: bool = False
+    ):
+        """Eval outputs from the two streams' features (``stream_features``), as ``__call__``."""
+        attention = self._attend(rgb_feats, pose_feats, stride, train=False)
+        return self.outputs(rgb_feats, pose_feats, attention, train=False,
+                            return_attention=return_attention)
 
 
 class EPAMBackbone(_TwoStream):
@@ -238,6 +273,11 @@ class EPAMBackbone(_TwoStream):
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         rgb_feats, pose_feats, attention = self.features(rgb, pose, train)
+        return self.outputs(rgb_feats, pose_feats, attention, train=train,
+                            return_attention=return_attention)
+
+    def outputs(self, rgb_feats, pose_feats, attention, *, train, return_attention):
+        """The fused features (and attention) from the streams' features."""
         fused = rgb_feats * attention
         if self.fusion == "residual":
             fused = rgb_feats + fused
@@ -266,6 +306,11 @@ class EPAMNet(_TwoStream):
         self, rgb: Array, pose: Array, *, train: bool = False, return_attention: bool = False
     ):
         rgb_feats, pose_feats, attention = self.features(rgb, pose, train)
+        return self.outputs(rgb_feats, pose_feats, attention, train=train,
+                            return_attention=return_attention)
+
+    def outputs(self, rgb_feats, pose_feats, attention, *, train, return_attention):
+        """Both heads' logits (and attention) from the streams' features."""
         rgb_logits = self.rgb_cls_head(rgb_feats + rgb_feats * attention, train=train)
         pose_logits = self.pose_cls_head(pose_feats, train=train)
         if return_attention:
