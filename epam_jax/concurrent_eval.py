@@ -9,8 +9,10 @@ the other leaves; the attention, fusion and heads follow in a third small
 program. Outputs equal ``jax.jit(model.apply)(variables, rgb, pose)`` (same
 operations, same order within each stream).
 
-Measured on a 2-core CPU, eval at batch 1: 178 -> 168 ms a clip (best of 20),
-medians 193 -> 184 ms; batch 4: 175 -> 166 ms a clip.
+On a 2-core CPU (same-process A/B, best of 20-25 calls): batch 1 174-178 ->
+162-169 ms a clip, batch 4 175 -> 166 ms; ``benchmarks.run``: 2.15x PyTorch at
+batch 1 where the jitted apply gave 2.10x. Meant for CPUs: on a GPU one program
+already keeps the device busy, and the batch is better split over devices.
 """
 
 from __future__ import annotations
