@@ -4,6 +4,7 @@ NDHWC throughout: RGB clips (N, T, H, W, 3), pose heatmaps (N, T, H, W, 17).
 """
 
 from epam_jax.attention import CBAMSpatialEfficientTemporal, SpatialTemporalAttention
+from epam_jax.concurrent_eval import ConcurrentStreams
 from epam_jax.layers import BatchNorm, temporal_shift
 from epam_jax.models import EPAMBackbone, EPAMNet, I3DHead, SingleStreamNet
 from epam_jax.streams import BlockX3D, X3DTemporalShift, X3DTemporalShiftPose
@@ -14,6 +15,7 @@ __all__ = [
     "BatchNorm",
     "BlockX3D",
     "CBAMSpatialEfficientTemporal",
+    "ConcurrentStreams",
     "EPAMBackbone",
     "EPAMNet",
     "I3DHead",

@@ -276,7 +276,10 @@ class EPAMBackbone(_TwoStream):
         return self.outputs(rgb_feats, pose_feats, attention, train=train,
                             return_attention=return_attention)
 
-    def outputs(self, rgb_feats, pose_feats, attention, *, train, return_attention):
+    def outputs(
+        self, rgb_feats: Array, pose_feats: Array, attention: Array, *, train: bool,
+        return_attention: bool
+    ):
         """The fused features (and attention) from the streams' features."""
         fused = rgb_feats * attention
         if self.fusion == "residual":
@@ -309,7 +312,10 @@ class EPAMNet(_TwoStream):
         return self.outputs(rgb_feats, pose_feats, attention, train=train,
                             return_attention=return_attention)
 
-    def outputs(self, rgb_feats, pose_feats, attention, *, train, return_attention):
+    def outputs(
+        self, rgb_feats: Array, pose_feats: Array, attention: Array, *, train: bool,
+        return_attention: bool
+    ):
         """Both heads' logits (and attention) from the streams' features."""
         rgb_logits = self.rgb_cls_head(rgb_feats + rgb_feats * attention, train=train)
         pose_logits = self.pose_cls_head(pose_feats, train=train)
