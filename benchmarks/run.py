@@ -179,6 +179,13 @@ def _fmt_rate(r: dict[str, Any] | None) -> str:
     return f"{r['clips_per_s']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
+def _speedup(jax_run: dict[str, Any] | None, torch_run: dict[str, Any] | None) -> str:
+    """JAX clips/s over PyTorch's, or '-' where either is missing or failed."""
+    if not jax_run or not torch_run or "error" in jax_run or "error" in torch_run:
+        return "-"
+    return f"{jax_run['clips_per_s'] / torch_run['clips_per_s']:.3f}x"
+
+
 def _memory(r: dict[str, Any] | None) -> str:
     """GB: the device's peak where the run used a GPU, else the process's peak RSS."""
     if r is None:
@@ -203,11 +210,10 @@ def summarize(results: list[dict[str, Any]], dtypes: list[str]) -> tuple[str, li
             row["concurrent"][dtype] = next(
                 (r for r in jax_runs if r.get("runner") == "concurrent"), None
             )
-            torch_ok = [r for r in group if r["framework"] == "torch" and r["dtype"] == dtype
-                        and "error" not in r]
-            failed = [r for r in group if r["framework"] == "torch" and r["dtype"] == dtype]
+            torch_runs = [r for r in group if r["framework"] == "torch" and r["dtype"] == dtype]
+            torch_ok = [r for r in torch_runs if "error" not in r]
             row["torch"][dtype] = max(torch_ok, key=lambda r: r["clips_per_s"],
-                                      default=failed[0] if failed else None)
+                                      default=torch_runs[0] if torch_runs else None)
         row["torch_all"] = [r for r in group if r["framework"] == "torch"]
         rows.append(row)
     streams = any(row["concurrent"][d] for row in rows for d in dtypes)
@@ -221,16 +227,10 @@ def summarize(results: list[dict[str, Any]], dtypes: list[str]) -> tuple[str, li
         line = [row["mode"], str(row["batch"])]
         for dtype in dtypes:
             jr, tr = row["jax"][dtype], row["torch"][dtype]
-            speed = "-"
-            if jr and tr and "error" not in jr and "error" not in tr:
-                speed = f"{jr['clips_per_s'] / tr['clips_per_s']:.3f}x"
-            line += [_fmt_rate(jr), _fmt_rate(tr), speed]
+            line += [_fmt_rate(jr), _fmt_rate(tr), _speedup(jr, tr)]
             if streams:
                 cr = row["concurrent"][dtype]
-                speed = "-"
-                if cr and tr and "error" not in cr and "error" not in tr:
-                    speed = f"{cr['clips_per_s'] / tr['clips_per_s']:.3f}x"
-                line += [_fmt_rate(cr), speed]
+                line += [_fmt_rate(cr), _speedup(cr, tr)]
         jax_runs = [row["jax"][d] for d in dtypes]
         line.append("/".join(f"{r['compile_s']:.1f}" if r and "compile_s" in r else "-"
                              for r in jax_runs))
