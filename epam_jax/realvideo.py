@@ -4,7 +4,7 @@ The paper's videos were cropped around the persons and resized to 224x224 before
 training, while the pose heatmaps are drawn in a box around the keypoints; the attention
 map computed from the pose stream multiplies the RGB features cell by cell, so both must
 show the same region. A raw video (e.g. a 1920x1080 NTU clip) is therefore cropped here
-with the pipeline's own box rule (``compact_keypoints``: all keypoints of the clip,
+with the pipeline's own box rule (``compact_box``: all keypoints of the clip,
 padding 0.25, square, clipped to the frame) before the usual eval pipeline runs.
 ``crop=False`` feeds the whole frame, as ``epam_jax.data.make_sample`` does for
 pre-cropped datasets.
@@ -22,18 +22,18 @@ from typing import Any
 
 import av
 import numpy as np
-from PIL import Image
 
 from epam_jax.data import (
     ClipConfig,
-    compact_keypoints,
+    compact_box,
     decode_video_frames,
     load_annotations,
     make_sample,
-    nan_to_zero,
     normalize_rgb,
     parse_annotations,
+    resize_frame,
     rgb_indices,
+    shift_keypoints,
     uniform_sample_indices,
 )
 
@@ -151,34 +151,24 @@ def single_video_annotation(
 
 def person_box(ann: dict[str, Any], config: ClipConfig) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) around all persons of the whole clip, by the pipeline's own rule
-    (``compact_keypoints`` with the config's padding, ratio and threshold); None when
-    the keypoints span too little to crop."""
-    kp = nan_to_zero(ann["keypoint"])  # NaN marks a missing joint, as in the pipeline
-    moved, (height, width) = compact_keypoints(
-        kp,
+    (``compact_box`` with the config's padding, ratio and threshold, clipped to the
+    frame); None when the keypoints span too little to crop."""
+    return compact_box(
+        ann["keypoint"],
         ann["img_shape"],
         padding=config.compact_padding,
         threshold=config.compact_threshold,
         hw_ratio=config.compact_hw_ratio,
         clip_to_image=True,
     )
-    if (height, width) == tuple(ann["img_shape"]):
-        return None
-    # The box origin is what was subtracted from the non-zero coordinates (an integer).
-    x_nz, y_nz = np.flatnonzero(kp[..., 0]), np.flatnonzero(kp[..., 1])
-    x0 = round(float(kp[..., 0].flat[x_nz[0]] - moved[..., 0].flat[x_nz[0]]))
-    y0 = round(float(kp[..., 1].flat[y_nz[0]] - moved[..., 1].flat[y_nz[0]]))
-    return x0, y0, x0 + width, y0 + height
 
 
 def crop_annotation(ann: dict[str, Any], box: tuple[int, int, int, int]) -> dict[str, Any]:
     """``ann`` seen through the crop ``box``: keypoints shifted, img_shape the box's."""
     x0, y0, x1, y1 = box
-    kp = nan_to_zero(ann["keypoint"])
-    kp[..., 0][kp[..., 0] != 0] -= x0
-    kp[..., 1][kp[..., 1] != 0] -= y0
     shape = (y1 - y0, x1 - x0)
-    return dict(ann, keypoint=kp, img_shape=shape, original_shape=shape)
+    return dict(ann, keypoint=shift_keypoints(ann["keypoint"], box), img_shape=shape,
+                original_shape=shape)
 
 
 @dataclasses.dataclass
@@ -217,7 +207,7 @@ def video_clip(
         pose_ann = crop_annotation(ann, box)
         sample = make_sample(pose_ann, dataclasses.replace(config, rgb=False), train=False)
         size = (config.rgb_size[1], config.rgb_size[0])
-        rgb = normalize_rgb(np.stack([_resize(f, size) for f in native]))
+        rgb = normalize_rgb(np.stack([resize_frame(f, size) for f in native]))
     else:
         pose_ann = ann
         root = dataclasses.replace(config, video_root=os.fspath(video.parent))
@@ -226,13 +216,5 @@ def video_clip(
     height, width = native.shape[1:3]
     scale = display_side / max(height, width)
     display = (max(1, round(width * scale)), max(1, round(height * scale)))
-    frames = np.stack([_resize(f, display) for f in native])
+    frames = np.stack([resize_frame(f, display) for f in native])
     return VideoClip(rgb, sample["heatmap"], frames, rgb_inds, box, pose_ann)
-
-
-def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 frame to ``size`` = (width, height): area averaging when shrinking (as the
-    decoder does), bilinear when enlarging."""
-    shrink = size[0] <= frame.shape[1] and size[1] <= frame.shape[0]
-    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-    return np.asarray(Image.fromarray(frame).resize(size, method))

@@ -29,32 +29,33 @@ def nan_to_zero(keypoint: np.ndarray) -> np.ndarray:
     return kp
 
 
-def compact_keypoints(
+def compact_box(
     keypoint: np.ndarray,
     img_shape: tuple[int, int],
     padding: float = 0.25,
     threshold: float = 10.0,
     hw_ratio: float | None = 1.0,
     clip_to_image: bool = True,
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """Crop the keypoint frame to a padded box around all non-zero keypoints.
+) -> tuple[int, int, int, int] | None:
+    """The pipeline's box around all non-zero keypoints, as integer (x0, y0, x1, y1).
 
-    The box spans the extent of non-zero x and y coordinates, is widened by ``padding``
-    and made square (``hw_ratio`` = height/width), clipped to the image and truncated to
-    ints; non-zero coordinates are shifted into it. When either extent is below
-    ``threshold`` pixels the keypoints and shape are returned unchanged.
-    Returns (keypoint float32, new img_shape (h, w)).
+    The box spans the extent of non-zero x and y coordinates (NaN counts as missing), is
+    widened by ``padding`` and made square (``hw_ratio`` = height/width), clipped to the
+    image and truncated to ints. None when there is no non-zero keypoint or either
+    extent is below ``threshold`` pixels (the caller keeps the whole image).
+    This one rule serves the per-clip pose box of the pipeline, the person crop of a raw
+    video and the spatial alignment of ``epam_jax.prepare``.
     """
     kp = nan_to_zero(keypoint)
     h, w = (int(v) for v in img_shape)
     xs, ys = kp[..., 0], kp[..., 1]
     nz_x, nz_y = xs[xs != 0], ys[ys != 0]
     if nz_x.size == 0 or nz_y.size == 0:
-        return kp, (h, w)
+        return None
     min_x, max_x = np.float32(nz_x.min()), np.float32(nz_x.max())
     min_y, max_y = np.float32(nz_y.min()), np.float32(nz_y.max())
     if max_x - min_x < threshold or max_y - min_y < threshold:
-        return kp, (h, w)
+        return None
     cx = float((max_x + min_x) / np.float32(2))
     cy = float((max_y + min_y) / np.float32(2))
     half_w = float((max_x - min_x) / np.float32(2)) * (1 + padding)
@@ -64,12 +65,38 @@ def compact_keypoints(
         half_w = max(1 / hw_ratio * half_h, half_w)
     x0, x1, y0, y1 = cx - half_w, cx + half_w, cy - half_h, cy + half_h
     if clip_to_image:
-        x0, y0, x1, y1 = int(max(0.0, x0)), int(max(0.0, y0)), int(min(w, x1)), int(min(h, y1))
-    else:
-        x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
-    xs[xs != 0] -= x0
-    ys[ys != 0] -= y0
-    return kp, (y1 - y0, x1 - x0)
+        return int(max(0.0, x0)), int(max(0.0, y0)), int(min(w, x1)), int(min(h, y1))
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def shift_keypoints(keypoint: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Copy of ``keypoint`` (float32, NaN -> 0) with non-zero coordinates moved into
+    ``box`` = (x0, y0, x1, y1); zeros stay zero (missing)."""
+    kp = nan_to_zero(keypoint)
+    xs, ys = kp[..., 0], kp[..., 1]
+    xs[xs != 0] -= box[0]
+    ys[ys != 0] -= box[1]
+    return kp
+
+
+def compact_keypoints(
+    keypoint: np.ndarray,
+    img_shape: tuple[int, int],
+    padding: float = 0.25,
+    threshold: float = 10.0,
+    hw_ratio: float | None = 1.0,
+    clip_to_image: bool = True,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Crop the keypoint frame to ``compact_box`` and shift the keypoints into it.
+
+    When there is no box (too few keypoints) the keypoints (NaN -> 0) and shape are
+    returned unchanged. Returns (keypoint float32, new img_shape (h, w)).
+    """
+    box = compact_box(keypoint, img_shape, padding, threshold, hw_ratio, clip_to_image)
+    if box is None:
+        return nan_to_zero(keypoint), (int(img_shape[0]), int(img_shape[1]))
+    x0, y0, x1, y1 = box
+    return shift_keypoints(keypoint, box), (y1 - y0, x1 - x0)
 
 
 def resize_keypoints(

@@ -93,6 +93,17 @@ def decode_video_frames(
     return np.stack([frames[int(i)] for i in inds])
 
 
+def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) frame to ``size`` = (width, height): area averaging when shrinking
+    (as the decoder does), bilinear when enlarging. The person crop of a raw video and
+    ``epam_jax.prepare`` both resize with it."""
+    if frame.shape[1] == size[0] and frame.shape[0] == size[1]:
+        return np.asarray(frame)
+    shrink = size[0] <= frame.shape[1] and size[1] <= frame.shape[0]
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(frame).resize(size, method))
+
+
 def list_frame_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files (jpg/png) of a frame folder in name order."""
     folder = Path(folder)
