@@ -1,25 +1,38 @@
 """The paper's recipe (sec. 7): EPAM-Net on NTU-format data, SGD + cosine, batch 24.
 
     python train.py --config configs/default.py --workdir runs/ntu60_xsub \\
-        --config.data.annotations=ntu60_2d.pkl --config.data.video_root=ntu_videos
+        --config.data.annotations=ntu60_2d.pkl --config.data.video_root=ntu60_prepared
+    python train.py --config configs/default.py:toyota_cs ...   # another dataset recipe
+
+After the colon: a dataset recipe of ``epam_jax.data.datasets`` (ntu60_xsub (default),
+ntu60_xview, ntu120_xsub, ntu120_xset, pkummd_xsub, pkummd_xview, toyota_cs, toyota_cv2);
+it sets the class count, the split names and the metric the best checkpoint is chosen by.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
+from epam_jax.data.datasets import get_recipe
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(recipe: str = "ntu60_xsub") -> ml_collections.ConfigDict:
+    r = get_recipe(recipe)
     c = ml_collections.ConfigDict()
     c.mode = "epam"  # 'epam' (two streams + attention), 'rgb' or 'pose' (pre-training)
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
+    c.data.recipe = r.name
     c.data.annotations = ""  # PoseC3D pickle
-    c.data.video_root = ""  # default: <annotations folder>/videos
+    c.data.video_root = ""  # prepared videos (python -m epam_jax.prepare); default
+    # <annotations folder>/videos
     c.data.video_ext = ".mp4"
-    c.data.train_split = "xsub_train"
-    c.data.val_split = "xsub_val"
-    c.data.num_classes = 60
+    c.data.train_split = r.train_split
+    c.data.val_split = r.val_split
+    c.data.num_classes = r.num_classes
+    # refuse dataset videos that are not person-aligned square frames (raw 1920x1080
+    # videos would be squeezed to 224x224); False for videos known to be right
+    c.data.require_prepared = True
     c.data.clip_len = 48  # pose frames; RGB takes every rgb_stride-th
     c.data.rgb_stride = 3
     c.data.rgb_size = 224
@@ -76,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = -1  # -1: at every evaluation
     c.keep_checkpoints = 3
     c.keep_best_checkpoints = 1
-    c.export_best = True  # model/ holds the best checkpoint by val top-1, else the last
+    c.export_best = True  # model/ holds the best checkpoint by best_metric, else the last
+    c.best_metric = r.best_metric  # 'fused/top1', or the recipe's headline metric
     c.resume = True
     c.progress_bar = True
     c.attention_picture = False

@@ -464,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="RGB side (pose heatmaps are size/4); default 224")
     parser.add_argument("--pictures", action="store_true", help="attention PNG per clip")
     parser.add_argument("--gif", action="store_true", help="with --pictures: also a GIF")
+    parser.add_argument("--allow-unprepared", action="store_true",
+                        help="--annotations: read dataset videos that are not person-aligned "
+                             "square frames anyway (see python -m epam_jax.prepare)")
     parser.add_argument("--overwrite", action="store_true", help="redo clips already written")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -492,7 +495,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             raise SystemExit("--annotations needs --video-root (the folder of the videos)")
         anns = load_annotations(args.annotations, split=args.split)
         loaded = load_model(args.checkpoint)
-        config = ClipConfig(video_root=args.video_root, video_ext=args.video_ext, **sizes)
+        config = ClipConfig(video_root=args.video_root, video_ext=args.video_ext,
+                            require_prepared=not args.allow_unprepared, **sizes)
         written = extract(anns, config, loaded, args.out_dir, batch_size=args.batch_size,
                           **common)
     if not args.quiet:

@@ -363,3 +363,56 @@ __all__: Sequence[str] = (
     "save_attention_pictures",
     "upsample",
 )
+
+
+# --------------------------------------------------------------------------- confusion matrix
+
+
+def confusion_picture(confusion: np.ndarray, names: Sequence[str], title: str | None = None,
+                      cell: int | None = None) -> Image.Image:
+    """The confusion matrix (rows: true class, columns: prediction) as a picture.
+
+    Each row is normalised by its class count and colour-mapped (0 -> 1 of the row);
+    class names label the rows (with the row's accuracy) and the columns (rotated).
+    """
+    confusion = np.asarray(confusion)
+    c = confusion.shape[0]
+    if confusion.ndim != 2 or confusion.shape[1] != c or len(names) != c:
+        raise ValueError(f"expected a square (C, C) matrix and C names, got "
+                         f"{confusion.shape} and {len(names)} names")
+    cell = cell or max(8, min(28, 900 // max(c, 1)))
+    text = max(9, min(13, cell - 2))
+    counts = confusion.sum(1, keepdims=True)
+    rates = np.where(counts > 0, confusion / np.maximum(counts, 1), 0.0)
+    labels = [f"{n}" if len(n) <= 40 else n[:39] + "…" for n in names]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = _font(text)
+    label_w = max(int(probe.textlength(s + " 100.0%", font=font)) for s in labels) + 12
+    top = label_w + (24 if title else 8)
+    left = label_w
+    width, height = left + c * cell + 20, top + c * cell + 20
+    img = Image.new("RGB", (width, height), _BG)
+    draw = ImageDraw.Draw(img)
+    if title:
+        _text(draw, (8, 6), title, 14)
+    colours = COLORMAP[np.round(rates * 255).astype(np.int64)]
+    grid = np.repeat(np.repeat(colours, cell, 0), cell, 1)
+    img.paste(Image.fromarray(grid), (left, top))
+    for i, name in enumerate(labels):
+        acc = 100.0 * rates[i, i] if counts[i, 0] else float("nan")
+        y = top + i * cell + cell / 2
+        _text(draw, (left - 6, y), f"{name} {acc:5.1f}%", text, anchor="rm")
+        strip = Image.new("RGB", (label_w, cell), _BG)
+        _text(ImageDraw.Draw(strip), (label_w - 6, cell / 2), name, text, anchor="rm")
+        img.paste(strip.rotate(90, expand=True), (left + i * cell, top - label_w))
+    draw.rectangle([left, top, left + c * cell - 1, top + c * cell - 1], outline=_INK)
+    return img
+
+
+def save_confusion_matrix(confusion: np.ndarray, names: Sequence[str],
+                          path: str | os.PathLike[str], title: str | None = None) -> Path:
+    """Write ``confusion_picture`` as a PNG, atomically."""
+    img = confusion_picture(confusion, names, title)
+    with atomic_output(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)

@@ -32,6 +32,8 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def rgb_config(dataset: Path, **kw) -> ClipConfig:
+    # 48x64 frames, resized to 32x32 on reading: not prepared videos, read on purpose
+    kw.setdefault("require_prepared", False)
     return ClipConfig(video_root=str(dataset.parent / "videos"), rgb_size=(32, 32), **kw)
 
 
@@ -145,6 +147,46 @@ def test_eval_covers_every_sample_once_across_hosts(dataset: Path) -> None:
                                shard_count=3))
     np.testing.assert_array_equal(again[0]["heatmap"], batches(ClipLoader(
         dataset, POSE_ONLY, 2, False, split="val", shard_index=0, shard_count=3))[0]["heatmap"])
+
+
+def test_eval_views_cover_every_sample_and_view_once(dataset: Path) -> None:
+    """K test clips x flip: every (sample, view) once across hosts, each equal to
+    make_sample(view=v); view 1 is view 0 mirrored, clip 1 another test clip."""
+    cfg = ClipConfig(rgb=False, pose="heatmap", heatmap_size=(16, 16), clip_len=8,
+                     num_clips=2, test_flip=True)
+    assert cfg.num_views == 4 and [cfg.view(v) for v in range(4)] == [
+        (0, False), (0, True), (1, False), (1, True)]
+    anns = load_annotations(dataset, split="val")
+    seen = []
+    for shard in range(2):
+        for b in batches(ClipLoader(anns, cfg, 3, False, shard_index=shard, shard_count=2)):
+            for row in np.flatnonzero(b["mask"] == 1):
+                i, v = int(b["index"][row]), int(b["view"][row])
+                seen.append((i, v))
+                want = make_sample(anns[i], cfg, False, view=v)["heatmap"]
+                np.testing.assert_array_equal(b["heatmap"][row], want)
+    assert sorted(seen) == [(i, v) for i in range(7) for v in range(4)]
+    plain = make_sample(anns[0], cfg, False, view=0)["heatmap"]
+    one_clip_cfg = ClipConfig(rgb=False, heatmap_size=(16, 16), clip_len=8)
+    one_clip = make_sample(anns[0], one_clip_cfg, False)["heatmap"]
+    np.testing.assert_array_equal(plain, one_clip)  # clip 0 is the one-clip sample
+    assert not np.array_equal(make_sample(anns[0], cfg, False, view=2)["heatmap"], plain)
+    with pytest.raises(ValueError, match="view"):
+        make_sample(anns[0], cfg, False, view=4)
+
+
+def test_unprepared_videos_are_refused_early(dataset: Path, tmp_path: Path) -> None:
+    """Non-square (raw) dataset videos stop the loader before any batch, naming prepare;
+    require_prepared=False reads them; a missing video is named."""
+    anns = load_annotations(dataset, split="val")
+    with pytest.raises(ValueError, match=r"64x48 frames.*python -m epam_jax.prepare"):
+        ClipLoader(anns, rgb_config(dataset, require_prepared=True), 2, False,
+                   shard_index=0, shard_count=1)
+    ClipLoader(anns, rgb_config(dataset), 2, False, shard_index=0, shard_count=1)
+    gone = [dict(anns[0], frame_dir="not_there")] + anns[1:]
+    with pytest.raises(FileNotFoundError, match="not_there"):
+        ClipLoader(gone, rgb_config(dataset, require_prepared=True), 2, False,
+                   shard_index=0, shard_count=1)
 
 
 def test_keypoint_batches_give_the_same_heatmaps_on_device(dataset: Path) -> None:

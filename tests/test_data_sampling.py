@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from epam_jax.data import rgb_indices, uniform_sample_indices
+from epam_jax.data import eval_clip_indices, rgb_indices, uniform_sample_indices
 
 
 def reference_indices(total: int, clip_len: int, test_mode: bool) -> list[int]:
@@ -55,6 +55,39 @@ def test_test_mode_equals_original(clip_len: int, global_rng_guard) -> None:
         assert np.array_equal(np.random.get_state()[1], before)
         assert got.dtype == np.int64 and got.shape == (clip_len,)
         assert got.tolist() == expected, total
+
+
+def reference_test_clips(total: int, clip_len: int, num_clips: int) -> list[list[int]]:
+    """K test clips as PoseC3D draws them: one np.random.seed(255), then clip after clip
+    from the same global stream; short videos start clip i at i or i * T // K."""
+    np.random.seed(255)
+    clips = []
+    for i in range(num_clips):
+        if total < clip_len:
+            start = i if total < num_clips else i * total // num_clips
+            clips.append([(start + j) % total for j in range(clip_len)])
+        elif total < 2 * clip_len:
+            skip_before = set(np.random.permutation(clip_len + 1)[: total - clip_len].tolist())
+            out, skipped = [], 0
+            for j in range(clip_len):
+                skipped += j in skip_before
+                out.append((j + skipped) % total)
+            clips.append(out)
+        else:
+            clips.append([j * total // clip_len + np.random.randint(
+                (j + 1) * total // clip_len - j * total // clip_len) for j in range(clip_len)])
+    return clips
+
+
+@pytest.mark.parametrize("num_clips", [1, 3, 10])
+def test_multi_clip_test_mode_equals_posec3d(num_clips: int, global_rng_guard) -> None:
+    for total in [*range(1, 120, 7), 5, 9, 10, 11, 47, 48, 95, 96, 103, 300]:
+        got = eval_clip_indices(total, 48, num_clips)
+        assert got.shape == (num_clips, 48) and got.dtype == np.int64
+        assert got.tolist() == reference_test_clips(total, 48, num_clips), total
+        assert got[0].tolist() == uniform_sample_indices(total, 48, True).tolist()
+    with pytest.raises(ValueError, match="num_clips"):
+        eval_clip_indices(100, 48, 0)
 
 
 @pytest.mark.parametrize("clip_len", [48, 8])

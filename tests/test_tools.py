@@ -335,6 +335,11 @@ def test_extract_real_clips_matches_model_apply_and_resumes(
     argv = ["--checkpoint", str(ckpt), "--out-dir", str(out), "--annotations", str(ann_file),
             "--video-root", str(shared_data), "--batch-size", "1", "--fusion", "residual",
             "--pictures", "--quiet"]
+    # the raw 1920x1080 clip is not a prepared dataset video: refused, naming prepare
+    with pytest.raises(ValueError, match=r"1920x1080 frames.*python -m epam_jax.prepare"):
+        extract.main(argv)
+    assert not list(out.glob("*.npz"))
+    argv.append("--allow-unprepared")
     written = extract.main(argv)
     names = ["ntu_full", "ntu_first60", "sub__demo"]
     assert sorted(p.name for p in written) == sorted(f"{n}.npz" for n in names)
@@ -395,7 +400,7 @@ def test_extract_sharded_over_two_devices(tmp_path: Path, shared_data: Path, ntu
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     cmd = [sys.executable, "-c", code, "--checkpoint", str(ckpt), "--out-dir", str(out),
            "--annotations", str(ann_file), "--video-root", str(shared_data),
-           "--batch-size", "3", "--pooling", "both", "--quiet"]
+           "--batch-size", "3", "--pooling", "both", "--quiet", "--allow-unprepared"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     config = ClipConfig(video_root=str(shared_data))

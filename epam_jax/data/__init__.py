@@ -19,7 +19,7 @@ from epam_jax.data.annotations import (
 )
 from epam_jax.data.heatmaps import COCO_LIMBS, generate_heatmaps, pack_keypoints
 from epam_jax.data.pipeline import ClipConfig, make_sample, video_path
-from epam_jax.data.sampling import rgb_indices, uniform_sample_indices
+from epam_jax.data.sampling import eval_clip_indices, rgb_indices, uniform_sample_indices
 from epam_jax.data.transforms import (
     COCO_LEFT,
     COCO_RIGHT,
@@ -61,6 +61,7 @@ __all__ = [
     "compact_box",
     "compact_keypoints",
     "decode_video_frames",
+    "eval_clip_indices",
     "flip_frames",
     "flip_keypoints",
     "generate_heatmaps",

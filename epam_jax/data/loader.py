@@ -6,7 +6,8 @@ Eval: host h takes samples h, h + count, ... in order; every host yields the sam
 of batches and the last ones are padded with copies marked ``mask == 0``, so across hosts
 every sample appears exactly once with ``mask == 1``. Batches are dicts of numpy arrays:
 'rgb', 'heatmap' or 'keypoint', 'label' int32, 'mask' float32, 'index' int32 (position
-of the sample in the annotation list).
+of the sample in the annotation list) and, in evaluation, 'view' int32 (which of the
+``ClipConfig.num_views`` views of the sample: K test clips, each also flipped).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import grain
 import numpy as np
 
 from epam_jax.data.annotations import load_annotations, parse_annotations
-from epam_jax.data.pipeline import ClipConfig, make_sample
+from epam_jax.data.pipeline import ClipConfig, check_prepared_videos, make_sample
 
 
 class _Annotations:
@@ -110,9 +111,12 @@ class _MakeSample:
 
     def __call__(self, item: tuple[int, float], rng: np.random.Generator) -> dict[str, Any]:
         index, mask = item
-        out = make_sample(self.anns.items[index], self.config, self.train, rng)
-        out["mask"] = np.float32(mask)
-        out["index"] = np.int32(index)
+        if self.train:
+            return make_sample(self.anns.items[index], self.config, True, rng) | {
+                "mask": np.float32(mask), "index": np.int32(index)}
+        index, view = divmod(index, self.config.num_views)
+        out = make_sample(self.anns.items[index], self.config, False, view=view)
+        out |= {"mask": np.float32(mask), "index": np.int32(index), "view": np.int32(view)}
         return out
 
 
@@ -183,7 +187,9 @@ class ClipLoader:
         self._anns = _Annotations(annotations, split, num_classes)
         n = len(self._anns.items)
         if n == 0:
-            raise ValueError("no annotations to load (empty file or split)")
+            where = f"split {split!r} of " if split else ""
+            raise ValueError(f"no annotations to load: {where}the annotation list is empty")
+        check_prepared_videos(self._anns.items, config)
         self.num_samples = n
         epochs = num_epochs if num_epochs is not None else (None if train else 1)
         if train:
@@ -202,8 +208,9 @@ class ClipLoader:
         else:
             if epochs != 1:
                 raise ValueError(f"evaluation makes one pass; got num_epochs={num_epochs}")
-            self._num_batches = math.ceil(math.ceil(n / self.shard_count) / batch_size)
-            local = np.arange(self.shard_index, n, self.shard_count)
+            items = n * config.num_views  # (sample, view) pairs, view fastest
+            self._num_batches = math.ceil(math.ceil(items / self.shard_count) / batch_size)
+            local = np.arange(self.shard_index, items, self.shard_count)
             order = _EvalOrder(local, self._num_batches * batch_size)
         # Batches are made before the dataset is split between reader threads and worker
         # processes, so every batch is whole and deterministic whatever the parallelism.

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from epam_jax.data.heatmaps import generate_heatmaps, pack_keypoints
-from epam_jax.data.sampling import rgb_indices, uniform_sample_indices
+from epam_jax.data.sampling import eval_clip_indices, rgb_indices, uniform_sample_indices
 from epam_jax.data.transforms import (
     compact_keypoints,
     flip_frames,
@@ -23,7 +24,7 @@ from epam_jax.data.transforms import (
     normalize_rgb,
     resize_keypoints,
 )
-from epam_jax.data.video import load_frames
+from epam_jax.data.video import frame_size, load_frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,11 @@ class ClipConfig:
     annotation has 'filename', else ``video_root / (frame_dir + video_ext)``; a directory
     there is read as a frame folder. ``clamp_frames`` repeats the last frame of a video
     shorter than the annotation's ``total_frames`` instead of failing.
+    ``num_clips``/``test_flip`` (evaluation): each video is seen as ``num_views`` views,
+    K test-mode clips (PoseC3D's num_clips), each also flipped when ``test_flip``
+    (view v = clip v // 2, flipped when v is odd). ``require_prepared``: the loader
+    refuses dataset videos that are not person-aligned square frames (see
+    ``check_prepared_videos``).
     """
 
     clip_len: int = 48
@@ -58,6 +64,9 @@ class ClipConfig:
     video_root: str | None = None
     video_ext: str = ".mp4"
     clamp_frames: bool = True
+    num_clips: int = 1
+    test_flip: bool = False
+    require_prepared: bool = True
 
     def __post_init__(self) -> None:
         if self.pose not in ("heatmap", "keypoint", None):
@@ -66,6 +75,8 @@ class ClipConfig:
             raise ValueError("expected at least one stream: rgb=True or pose set")
         if self.clip_len <= 0 or self.rgb_stride <= 0 or self.num_persons <= 0:
             raise ValueError("expected clip_len, rgb_stride and num_persons > 0")
+        if self.num_clips <= 0:
+            raise ValueError(f"expected num_clips > 0, got {self.num_clips}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"expected 0 <= flip_prob <= 1, got {self.flip_prob}")
         if self.rgb and self.video_root is None:
@@ -76,6 +87,17 @@ class ClipConfig:
         """Heatmap channels: 17 keypoints and/or 17 limbs."""
         return 17 * (int(self.with_kp) + int(self.with_limb))
 
+    @property
+    def num_views(self) -> int:
+        """Views of one video in evaluation: clips, times two with ``test_flip``."""
+        return self.num_clips * (2 if self.test_flip else 1)
+
+    def view(self, index: int) -> tuple[int, bool]:
+        """(clip, flipped) of evaluation view ``index``."""
+        if not 0 <= index < self.num_views:
+            raise ValueError(f"expected 0 <= view < {self.num_views}, got {index}")
+        return divmod(index, 2) if self.test_flip else (index, False)
+
 
 def video_path(ann: dict[str, Any], config: ClipConfig) -> Path:
     """Where a sample's video file or frame folder lives."""
@@ -85,21 +107,66 @@ def video_path(ann: dict[str, Any], config: ClipConfig) -> Path:
     return Path(config.video_root) / os.fspath(name)
 
 
+PREPARE_HINT = (
+    "EPAM-Net reads person-aligned square videos, cut once around all persons and resized "
+    "(as the paper's were): make them with python -m epam_jax.prepare --annotations ANN.pkl "
+    "--video-root RAW_VIDEOS --out-dir PREPARED, then read PREPARED"
+)
+
+
+def check_prepared_videos(
+    annotations: Sequence[dict[str, Any]], config: ClipConfig, limit: int = 32
+) -> None:
+    """Stop early when dataset videos are not what the model expects.
+
+    Up to ``limit`` videos spread over ``annotations`` are opened (headers only); each must
+    exist and have square frames (``epam_jax.prepare`` writes SIZE x SIZE videos; a raw
+    1920x1080 NTU video squeezed to 224x224 shows small, distorted people the converted
+    weights never saw). ``ClipConfig.require_prepared=False`` (``data.require_prepared``,
+    ``--allow-unprepared``) switches the check off for videos known to be right.
+    """
+    if not (config.rgb and config.require_prepared) or not annotations:
+        return
+    picks = np.unique(np.linspace(0, len(annotations) - 1, min(limit, len(annotations))
+                                  ).astype(int))
+    for i in picks.tolist():
+        path = video_path(annotations[i], config)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no video file or frame folder at {os.fspath(path)!r} (frame_dir "
+                f"{annotations[i]['frame_dir']!r}; check the video root and extension)"
+            )
+        h, w = frame_size(path)
+        if h != w:
+            raise ValueError(
+                f"{os.fspath(path)!r} has {w}x{h} frames, not a prepared video "
+                f"({config.rgb_size[1]}x{config.rgb_size[0]} expected). {PREPARE_HINT}; "
+                "or set data.require_prepared=False (--allow-unprepared) if these frames "
+                "are already what the model should see"
+            )
+
+
 def make_sample(
     ann: dict[str, Any],
     config: ClipConfig,
     train: bool,
     rng: np.random.Generator | np.random.RandomState | None = None,
+    view: int = 0,
 ) -> dict[str, np.ndarray]:
     """Model inputs for one validated annotation: 'rgb' (16, 224, 224, 3) float32
     normalised, 'heatmap' (48, 56, 56, C) or 'keypoint' (P, 48, 17, 3), 'label' int32.
 
     Train mode samples frames at random and flips with ``flip_prob``; test mode is
-    deterministic (rng unused)."""
-    if train and rng is None:
-        rng = np.random.default_rng()
-    inds = uniform_sample_indices(ann["total_frames"], config.clip_len, not train, rng)
-    flip = bool(train and _uniform(rng) < config.flip_prob)
+    deterministic (rng unused) and gives evaluation view ``view`` (``ClipConfig.view``:
+    which of the K test clips, flipped or not)."""
+    if train:
+        if rng is None:
+            rng = np.random.default_rng()
+        inds = uniform_sample_indices(ann["total_frames"], config.clip_len, False, rng)
+        flip = bool(_uniform(rng) < config.flip_prob)
+    else:
+        clip, flip = config.view(view)
+        inds = eval_clip_indices(ann["total_frames"], config.clip_len, config.num_clips)[clip]
     out: dict[str, np.ndarray] = {"label": np.int32(ann["label"])}
     if config.rgb:
         frames = load_frames(

@@ -1,4 +1,4 @@
-"""Frame sampling of the original pipeline (PoseC3D's UniformSampleFrames, one clip)."""
+"""Frame sampling of the original pipeline (PoseC3D's UniformSampleFrames)."""
 
 from __future__ import annotations
 
@@ -46,14 +46,44 @@ def uniform_sample_indices(
     if clip_len <= 0:
         raise ValueError(f"expected clip_len > 0, got {clip_len}")
     if test_mode:
-        rng = np.random.RandomState(seed)
-    elif rng is None:
+        return eval_clip_indices(total_frames, clip_len, 1, seed)[0]
+    if rng is None:
         rng = np.random.default_rng()
     elif not isinstance(rng, np.random.Generator | np.random.RandomState):
         raise ValueError(f"expected rng to be a numpy Generator or RandomState, got {rng!r}")
+    start = _randint(rng, 0, total_frames) if total_frames < clip_len else 0
+    return _one_clip(total_frames, clip_len, rng, start)
 
+
+def eval_clip_indices(
+    total_frames: int, clip_len: int = 48, num_clips: int = 1, seed: int = TEST_SEED
+) -> np.ndarray:
+    """Test-mode indices of ``num_clips`` clips, (num_clips, clip_len), as PoseC3D's
+    UniformSampleFrames(num_clips=K, test_mode=True): one legacy RandomState(seed) drawn
+    from clip after clip; a video shorter than ``clip_len`` starts clip i at frame i when
+    it has fewer than K frames, else at i * T // K. Clip 0 is the one-clip sample."""
+    total_frames, clip_len, num_clips = int(total_frames), int(clip_len), int(num_clips)
+    if total_frames <= 0 or clip_len <= 0 or num_clips <= 0:
+        raise ValueError(
+            f"expected total_frames, clip_len and num_clips > 0, got {total_frames}, "
+            f"{clip_len}, {num_clips}"
+        )
+    rng = np.random.RandomState(seed)
+    clips = []
+    for i in range(num_clips):
+        start = i if total_frames < num_clips else i * total_frames // num_clips
+        clips.append(_one_clip(total_frames, clip_len, rng, start))
+    return np.stack(clips)
+
+
+def _one_clip(
+    total_frames: int,
+    clip_len: int,
+    rng: np.random.Generator | np.random.RandomState,
+    start: int,
+) -> np.ndarray:
+    """One clip by the three rules; ``start`` is used only when T < clip_len."""
     if total_frames < clip_len:
-        start = 0 if test_mode else _randint(rng, 0, total_frames)
         inds = np.arange(start, start + clip_len)
     elif total_frames < 2 * clip_len:
         skips = rng.choice(clip_len + 1, total_frames - clip_len, replace=False)

@@ -42,6 +42,22 @@ def video_frame_count(path: str | os.PathLike[str]) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size)
 
 
+def frame_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(height, width) of a video file's frames or a frame folder's first image, read
+    from the header only; ValueError naming the path when it cannot be read."""
+    try:
+        if os.path.isdir(path):
+            with Image.open(list_frame_files(path)[0]) as img:
+                return img.size[1], img.size[0]
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"{os.fspath(path)!r} has no video stream")
+            ctx = container.streams.video[0].codec_context
+            return int(ctx.height), int(ctx.width)
+    except (av.error.FFmpegError, OSError) as err:
+        raise ValueError(f"cannot read video {os.fspath(path)!r}: {err}") from err
+
+
 def decode_video_frames(
     path: str | os.PathLike[str],
     indices: Sequence[int] | np.ndarray,

@@ -5,12 +5,13 @@
 """
 
 from epam_jax.train.checkpointing import Checkpoints
-from epam_jax.train.evaluate import Accumulator, evaluate
+from epam_jax.train.evaluate import collect_scores, evaluate
 from epam_jax.train.loop import NonFiniteLossError, export_model, train_and_evaluate
 from epam_jax.train.optim import make_optimizer, make_schedule, param_labels, peak_learning_rate
 from epam_jax.train.parallel import DataParallel, initialize_distributed
 from epam_jax.train.state import (
     MODES,
+    EvalState,
     TrainState,
     build_model,
     create_train_state,
@@ -21,12 +22,13 @@ from epam_jax.train.step import cross_entropy, eval_step, model_inputs, train_st
 
 __all__ = [
     "MODES",
-    "Accumulator",
     "Checkpoints",
     "DataParallel",
+    "EvalState",
     "NonFiniteLossError",
     "TrainState",
     "build_model",
+    "collect_scores",
     "create_train_state",
     "cross_entropy",
     "eval_step",

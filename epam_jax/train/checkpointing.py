@@ -2,8 +2,8 @@
 
 A step directory is written under a temporary name and renamed when complete
 (orbax's atomic finalize), so a save cut short by a crash is never listed and
-never restored. The last ``keep`` steps and the ``keep_best`` best by validation
-top-1 are kept.
+never restored. The last ``keep`` steps and the ``keep_best`` best by ``best_metric``
+(validation top-1 of the fused score by default) are kept.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ class Checkpoints:
     """An orbax CheckpointManager for TrainState + data iterator."""
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, keep_best: int = 1,
-                 async_save: bool = True) -> None:
+                 async_save: bool = True, best_metric: str = BEST_METRIC) -> None:
         if keep < 1:
             raise ValueError(f"expected keep >= 1, got {keep}")
         policies: list[Any] = [cm.LatestN(keep)]
         if keep_best > 0:
-            policies.append(cm.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=keep_best,
+            policies.append(cm.BestN(get_metric_fn=lambda m: m[best_metric], n=keep_best,
                                      keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=cm.AnyPreservationPolicy(policies),

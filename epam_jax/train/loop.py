@@ -53,6 +53,7 @@ def clip_config(config: Any) -> ClipConfig:
         flip_prob=d.flip_prob,
         video_root=_video_root(config) if uses_rgb else None,
         video_ext=d.video_ext,
+        require_prepared=d.require_prepared,
     )
 
 
@@ -179,7 +180,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     del variables
 
     ckpts = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
-                        keep_best=config.keep_best_checkpoints)
+                        keep_best=config.keep_best_checkpoints,
+                        best_metric=config.best_metric)
     train_iter = iter(train_loader)
     start = 0
     if config.resume and ckpts.latest_step() is not None:
@@ -193,7 +195,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             f"pass --config.resume=True to continue or choose a new workdir")
 
     train_fn = dp.train_step(mode=config.mode, label_smoothing=o.label_smoothing)
-    eval_fn = dp.eval_step(mode=config.mode, num_classes=config.data.num_classes)
+    eval_fn = dp.eval_step(mode=config.mode)
     writer = MetricWriter(workdir, primary)
     bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
                disable=not (primary and config.progress_bar))
@@ -244,8 +246,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             if is_ckpt or step % config.log_every_steps == 0:
                 flush(step)  # raises before a non-finite state is saved
             if is_eval:
-                val_metrics = evaluate(partial(_eval_batch, eval_fn, dp, state),
-                                       iter(val_loader), dp.fetch)
+                val_metrics = _validate(eval_fn, dp, state, val_loader, config)
                 writer.write(step, "val", val_metrics)
                 bar.write(f"step {step}: " + _format_metrics(val_metrics))
             if is_ckpt:
@@ -258,8 +259,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         ckpts.wait()
 
     if not val_metrics:  # nothing left to train (a finished run resumed): evaluate it
-        val_metrics = evaluate(partial(_eval_batch, eval_fn, dp, state), iter(val_loader),
-                               dp.fetch)
+        val_metrics = _validate(eval_fn, dp, state, val_loader, config)
     final_step = ckpts.latest_step()
     export_step = ckpts.best_step() if config.export_best and ckpts.best_step() else final_step
     final_state = dp.get_state(state)
@@ -284,6 +284,12 @@ def _eval_batch(eval_fn: Any, dp: DataParallel, state: Any, batch: dict) -> Any:
     return eval_fn(state, dp.put_batch(batch))
 
 
+def _validate(eval_fn: Any, dp: DataParallel, state: Any, val_loader: Any, config: Any
+              ) -> dict[str, float]:
+    return evaluate(partial(_eval_batch, eval_fn, dp, state), iter(val_loader),
+                    val_loader.num_samples, config.data.num_classes, dp.fetch)
+
+
 def _metrics_of(ckpts: Checkpoints, step: int) -> dict[str, float]:
     return dict(ckpts.manager.metrics(step) or {})
 
@@ -305,7 +311,9 @@ def export_model(path: Path, state: Any, config: Any, step: int,
     multihost_utils.sync_global_devices("epam_jax export: old model removed")
     variables = jax.device_get(state.variables)
     extra = {"step": int(step), "mode": config.mode,
-             "val_top1": float(metrics.get(BEST_METRIC, float("nan")))}
+             "val_top1": float(metrics.get(BEST_METRIC, float("nan"))),
+             "val_metric": config.best_metric,
+             "val_value": float(metrics.get(config.best_metric, float("nan")))}
     if jax.process_count() == 1:
         return save_variables(path, variables, **extra)
     # Several hosts: the orbax write is collective, the description is written once.

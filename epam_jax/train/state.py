@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,24 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any
     rng: jax.Array
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+@flax.struct.dataclass
+class EvalState:
+    """What ``eval_step`` needs of a train state: the model's apply and its variables."""
+
+    apply_fn: Any = flax.struct.field(pytree_node=False)
+    params: Any
+    batch_stats: Any
+
+    @classmethod
+    def create(cls, model: nn.Module, variables: Mapping) -> EvalState:
+        return cls(apply_fn=model.apply, params=dict(variables["params"]),
+                   batch_stats=dict(variables["batch_stats"]))
 
     @property
     def variables(self) -> dict:

@@ -98,27 +98,21 @@ def eval_step(
     batch: Batch,
     *,
     mode: str,
-    num_classes: int,
     axis_name: str | None = None,
 ) -> dict[str, jax.Array]:
-    """Masked counts for one batch: per score, top-1/top-5 hits and per-class hits.
+    """Per-clip float32 logits of one batch, with the batch's bookkeeping.
 
-    Keys '{score}/top1', '{score}/top5', '{score}/class_correct' (C,) for each
-    score in ``stream_logits``, and 'class_count' (C,). Padding (mask 0) counts nowhere.
+    Keys: the stream logits (B, C) ('rgb' and 'pose' for EPAM-Net, 'fused' for one
+    stream) and 'label', 'mask', 'index', 'view' passed through, so the host can file
+    every clip under its sample (``epam_jax.metrics.ScoreTable``). Under pmap the
+    outputs are gathered over ``axis_name``: every device holds the whole batch.
     """
     outputs = state.apply_fn(state.variables, *model_inputs(batch, mode), train=False)
-    labels = batch["label"]
-    mask = batch["mask"].astype(jnp.float32)
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
-    k = min(5, num_classes)
-    out = {"class_count": onehot.sum(0)}
-    for name, scores in stream_logits(outputs, mode).items():
-        hit1 = (jnp.argmax(scores, -1) == labels).astype(jnp.float32)
-        _, topk = lax.top_k(scores, k)
-        hit5 = jnp.any(topk == labels[:, None], -1).astype(jnp.float32)
-        out[f"{name}/top1"] = jnp.sum(hit1 * mask)
-        out[f"{name}/top5"] = jnp.sum(hit5 * mask)
-        out[f"{name}/class_correct"] = jnp.sum(onehot * hit1[:, None], 0)
+    logits = stream_logits(outputs, mode)
+    out = {k: v for k, v in logits.items() if mode != "epam" or k != "fused"}
+    index = batch["index"] if "index" in batch else jnp.arange(batch["label"].shape[0])
+    out |= {"label": batch["label"], "mask": batch["mask"], "index": index,
+            "view": batch["view"] if "view" in batch else jnp.zeros_like(index)}
     if axis_name is not None:
-        out = lax.psum(out, axis_name)
+        out = lax.all_gather(out, axis_name, tiled=True)
     return out

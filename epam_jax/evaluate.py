@@ -1,0 +1,393 @@
+"""The official evaluation: a checkpoint on a dataset split -> top-1, top-5, mean class accuracy.
+
+    python -m epam_jax.evaluate --checkpoint CKPT --annotations ntu60_2d.pkl \\
+        --split xsub_val --video-root ntu60_prepared [--dataset ntu60_xsub] \\
+        [--num-clips 10] [--flip] [--average score|prob] [--out-dir eval/]
+
+By default the original's protocol: test-mode frame sampling, one clip per video, no flip,
+score = rgb_logits + pose_logits. ``--num-clips K`` takes K test-mode clips per video (as
+PoseC3D's UniformSampleFrames with num_clips), ``--flip`` adds each clip's horizontal
+mirror (both streams, keypoints' left/right swapped), and ``--average`` says whether each
+stream's views are averaged as logits ('score') or as softmax probabilities ('prob');
+fusions weight the averaged stream scores (rgb:pose 1:1, the fused score, 2:1 and 1:2).
+Reported: top-1, top-5 and mean class accuracy of the fused score, of each stream and of
+each fusion, per-class accuracy, and with ``--out-dir`` (or ``--json``, ``--scores``,
+``--confusion``) ``metrics.json``, ``scores.npz`` (per video, no pickle) and
+``confusion.png``.
+
+Batches run through the training library's ``eval_step``, sharded over every device of
+every host (``DataParallel``), and the metrics are ``epam_jax.metrics``, the ones training
+logs: every (video, view) is counted exactly once. Checkpoints: an epam-jax directory or a
+PyTorch ``.pth`` in any container the original wrote (needs the ``torch`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from epam_jax.data import ClipConfig, load_annotations, video_path
+from epam_jax.data.datasets import Recipe, get_recipe, read_names
+from epam_jax.data.ntu_classes import class_names
+from epam_jax.extract import LoadedModel, load_model, run_cli
+from epam_jax.metrics import AVERAGES, ScoreTable, fused_scores, table_metrics
+
+METRIC_KEYS = ("top1", "top5", "mean_class")
+SCORE_ORDER = ("fused", "rgb", "pose", "rgb:pose=2:1", "rgb:pose=1:2")
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Everything one evaluation measured."""
+
+    table: ScoreTable
+    metrics: dict[str, dict[str, Any]]
+    scores: dict[str, np.ndarray]  # what the metrics were computed from, per score name
+    annotations: list[dict[str, Any]]
+    num_classes: int
+    average: str
+    seconds: float
+    first_batch_seconds: float
+
+    @property
+    def num_clips_run(self) -> int:
+        return int(self.table.seen.sum())
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.num_clips_run / max(self.seconds, 1e-9)
+
+
+def evaluate_model(
+    loaded: LoadedModel,
+    annotations: Sequence[dict[str, Any]],
+    config: ClipConfig,
+    *,
+    batch_size: int = 8,
+    average: str = "score",
+    progress: bool = True,
+    read_threads: int = 4,
+    worker_count: int = 0,
+    devices: list | None = None,
+) -> Evaluation:
+    """Run EPAM-Net over every view of every annotation and measure it.
+
+    ``config`` sets the views (``num_clips``, ``test_flip``) and the clip geometry;
+    ``batch_size`` is global (rounded up to a multiple of the device count). Every host
+    runs this with the same arguments and gets the same result.
+    """
+    import jax
+    from tqdm import tqdm
+
+    from epam_jax.data.loader import ClipLoader
+    from epam_jax.train.evaluate import collect_scores
+    from epam_jax.train.parallel import DataParallel
+    from epam_jax.train.state import EvalState
+
+    if not loaded.has_heads:
+        raise ValueError(
+            f"{loaded.meta['checkpoint']} is a {loaded.meta['model']!r} checkpoint without "
+            "classification heads; evaluation needs an EPAM-Net ('epam') checkpoint")
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+    if config.pose != "heatmap" or not config.rgb:
+        raise ValueError("evaluation needs both streams: ClipConfig(rgb=True, pose='heatmap')")
+    num_classes = int(loaded.meta["num_classes"])
+    dp = DataParallel("jit", devices)
+    batch_size = -(-batch_size // dp.num_devices) * dp.num_devices
+    model = loaded.model if dp.num_devices == 1 else loaded.model.clone(eval_chunk=0)
+    state = dp.put_state(EvalState.create(model, loaded.variables))
+    loader = ClipLoader(list(annotations), config, dp.check_batch_size(batch_size), train=False,
+                        shard_index=jax.process_index(), shard_count=jax.process_count(),
+                        read_threads=read_threads, worker_count=worker_count)
+    step = dp.eval_step(mode="epam")
+    total = len(annotations) * config.num_views
+    start = time.perf_counter()
+    first: list[float] = []
+    with tqdm(total=total, unit="clip", desc="evaluate", dynamic_ncols=True,
+              disable=not (progress and jax.process_index() == 0)) as bar:
+
+        def on_batch(clips: int) -> None:
+            if not first:
+                first.append(time.perf_counter() - start)
+            bar.update(clips)
+
+        table = collect_scores(lambda b: step(state, dp.put_batch(b)), loader, len(annotations),
+                               config.num_views, fetch=dp.fetch, on_batch=on_batch)
+    seconds = time.perf_counter() - start
+    metrics = table_metrics(table, num_classes, average)
+    scores = fused_scores(table.stream_scores(average))
+    return Evaluation(table, metrics, scores, list(annotations), num_classes, average,
+                      seconds, first[0] if first else seconds)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def metrics_report(ev: Evaluation, names: Sequence[str], settings: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """The JSON document: each score's metrics, the per-class table and the settings."""
+    out: dict[str, Any] = {}
+    for name in SCORE_ORDER:
+        if name in ev.metrics:
+            out[name] = {k: ev.metrics[name][k] for k in METRIC_KEYS}
+    counts = ev.metrics["fused"]["class_count"]
+    out["per_class"] = [
+        {"index": i, "name": names[i], "count": int(counts[i]),
+         **{s: _finite(ev.metrics[s]["per_class"][i]) for s in ("fused", "rgb", "pose")}}
+        for i in range(ev.num_classes)
+    ]
+    out["num_videos"] = len(ev.annotations)
+    out["num_clips"] = ev.num_clips_run
+    out["seconds"] = ev.seconds
+    out["clips_per_second"] = ev.clips_per_second
+    return out | {"settings": settings}
+
+
+def _finite(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+def write_scores(path: Path, ev: Evaluation) -> None:
+    """Per video: frame_dir, label, each stream's logits (mean over views), the scores the
+    metrics used, and every view's logits; plain arrays, loadable without pickle."""
+    from epam_jax.extract import write_npz
+
+    logits = ev.table.logits
+    arrays = {
+        "frame_dir": np.array([a["frame_dir"] for a in ev.annotations], dtype=str),
+        "label": ev.table.labels,
+        "rgb_logits": logits["rgb"].mean(1),
+        "pose_logits": logits["pose"].mean(1),
+        "view_rgb_logits": logits["rgb"],
+        "view_pose_logits": logits["pose"],
+    }
+    arrays |= {f"{name.replace(':', '_').replace('=', '_')}_scores": value
+               for name, value in ev.scores.items()}
+    write_npz(path, arrays)
+
+
+def format_report(ev: Evaluation, names: Sequence[str], recipe: Recipe | None,
+                  per_class: bool = True) -> str:
+    """The printed table: every score's metrics, the paper's figure, per-class accuracy."""
+    lines = [f"{'score':<16}{'top-1':>8}{'top-5':>8}{'mean class':>12}"]
+    for name in SCORE_ORDER:
+        if name in ev.metrics:
+            m = ev.metrics[name]
+            label = "fused (1:1)" if name == "fused" else name
+            lines.append(f"{label:<16}{m['top1']:>8.2f}{m['top5']:>8.2f}{m['mean_class']:>12.2f}")
+    if recipe is not None:
+        metric = "top-1" if recipe.headline == "top1" else "mean class accuracy"
+        got = ev.metrics["fused"][recipe.headline]
+        lines.append(f"paper ({recipe.dataset}, 1 clip): {metric} {recipe.reported:.1f}; "
+                     f"here {got:.2f}")
+    if per_class:
+        m = ev.metrics
+        lines.append(f"per-class accuracy (%):\n  {'class':<44}{'n':>6}{'fused':>8}{'rgb':>8}"
+                     f"{'pose':>8}")
+        counts = m["fused"]["class_count"]
+        for i in range(ev.num_classes):
+            if counts[i]:
+                row = "".join(f"{m[s]['per_class'][i]:>8.1f}" for s in ("fused", "rgb", "pose"))
+                lines.append(f"  {names[i][:43]:<44}{int(counts[i]):>6}{row}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _size(text: str) -> int:
+    side = int(text)
+    if side <= 0 or side % 4:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of 4, got {text}")
+    return side
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m epam_jax.evaluate",
+        description="Top-1, top-5 and mean class accuracy of an EPAM-Net checkpoint on a "
+                    "dataset split (the original's protocol by default).")
+    p.add_argument("--checkpoint", required=True,
+                   help="epam-jax checkpoint directory or PyTorch .pth of an EPAM-Net")
+    p.add_argument("--annotations", required=True, help="PoseC3D annotation pickle")
+    p.add_argument("--video-root", required=True,
+                   help="folder of the prepared videos (python -m epam_jax.prepare)")
+    p.add_argument("--dataset", help="dataset recipe (ntu60_xsub, toyota_cs, ...): class count, "
+                   "split and class names; the checkpoint must match its class count")
+    p.add_argument("--split", help="split to evaluate (default: the recipe's validation split, "
+                   "else every sample of the file)")
+    p.add_argument("--video-ext", default=".mp4", help="video suffix (default .mp4)")
+    p.add_argument("--num-clips", type=_positive, default=1,
+                   help="test-mode clips per video (default 1)")
+    p.add_argument("--flip", action="store_true", help="also each clip mirrored")
+    p.add_argument("--average", choices=AVERAGES, default="score",
+                   help="average the views as logits (default) or softmax probabilities")
+    p.add_argument("--batch-size", type=_positive, default=8, help="clips per step, global")
+    p.add_argument("--size", type=_size, default=224,
+                   help="RGB side (pose heatmaps are size/4); default 224")
+    p.add_argument("--clip-len", type=_positive, default=48, help="pose frames (default 48)")
+    p.add_argument("--rgb-stride", type=_positive, default=3,
+                   help="RGB frame every N pose frames (default 3)")
+    p.add_argument("--class-names", help="text file, one class name per line")
+    p.add_argument("--out-dir", help="write metrics.json, scores.npz and confusion.png here")
+    p.add_argument("--json", help="metrics JSON path (overrides --out-dir's)")
+    p.add_argument("--scores", help="per-video scores .npz path (overrides --out-dir's)")
+    p.add_argument("--confusion", help="confusion-matrix PNG path (overrides --out-dir's)")
+    p.add_argument("--allow-unprepared", action="store_true",
+                   help="read videos that are not person-aligned square frames anyway")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0)")
+    p.add_argument("--no-per-class", action="store_true", help="do not print per-class rows")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """Where each output goes; checked for writability before any work."""
+    out = Path(args.out_dir) if args.out_dir else None
+    paths: dict[str, Path | None] = {
+        "json": Path(args.json) if args.json else (out / "metrics.json" if out else None),
+        "scores": Path(args.scores) if args.scores else (out / "scores.npz" if out else None),
+        "confusion": (Path(args.confusion) if args.confusion
+                      else (out / "confusion.png" if out else None)),
+    }
+    for path in paths.values():
+        if path is not None:
+            _check_creatable(path.parent)
+    return paths
+
+
+def _check_creatable(folder: Path) -> None:
+    """Raise unless ``folder`` exists writable or could be created (nothing is made yet,
+    so a failed run leaves no empty folder behind)."""
+    probe = folder.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"cannot write under {folder}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write under {folder}: {probe} is not writable")
+
+
+def _select(args: argparse.Namespace, recipe: Recipe | None, num_classes: int
+            ) -> tuple[list[dict[str, Any]], str | None]:
+    split = args.split or (recipe.val_split if recipe else None)
+    annotations = load_annotations(args.annotations, split=split, num_classes=num_classes)
+    if not annotations:
+        where = f"split {split!r} of " if split else ""
+        raise ValueError(f"{where}{args.annotations} selects no sample: nothing to evaluate")
+    return annotations, split
+
+
+def _check_videos(annotations: Sequence[dict[str, Any]], config: ClipConfig) -> None:
+    missing = [os.fspath(video_path(a, config)) for a in annotations
+               if not video_path(a, config).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(annotations)} videos not found under {config.video_root}, "
+            f"e.g. {missing[:3]} (check --video-root and --video-ext; prepared videos are "
+            "named <frame_dir>.mp4)")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    recipe = get_recipe(args.dataset) if args.dataset else None
+    outputs = _outputs(args)
+    if not Path(args.annotations).is_file():
+        raise FileNotFoundError(f"annotation file {args.annotations} not found")
+    if not Path(args.video_root).is_dir():
+        raise FileNotFoundError(f"video folder {args.video_root} not found")
+    names_from_file = read_names(args.class_names) if args.class_names else None
+    loaded = load_model(args.checkpoint)
+    num_classes = loaded.meta.get("num_classes")
+    if num_classes is not None and recipe is not None and num_classes != recipe.num_classes:
+        raise ValueError(f"{args.checkpoint} classifies {num_classes} classes but the "
+                         f"{recipe.name} recipe has {recipe.num_classes}")
+    if num_classes is None:
+        num_classes = recipe.num_classes if recipe else None
+    annotations, split = _select(args, recipe, num_classes)
+    config = ClipConfig(
+        clip_len=args.clip_len, rgb_stride=args.rgb_stride, rgb_size=(args.size, args.size),
+        heatmap_size=(args.size // 4, args.size // 4), video_root=args.video_root,
+        video_ext=args.video_ext, num_clips=args.num_clips, test_flip=args.flip,
+        require_prepared=not args.allow_unprepared)
+    _check_videos(annotations, config)
+    if names_from_file is not None:
+        names = class_names(loaded.meta["num_classes"], names_from_file)
+    elif recipe is not None:
+        names = recipe.class_names()
+    else:
+        names = class_names(loaded.meta["num_classes"])
+
+    ev = evaluate_model(loaded, annotations, config, batch_size=args.batch_size,
+                        average=args.average, progress=not args.quiet,
+                        worker_count=args.workers)
+    settings = {
+        "checkpoint": loaded.meta["checkpoint"], "annotations": os.fspath(
+            Path(args.annotations).absolute()), "split": split,
+        "dataset": recipe.name if recipe else None, "video_root": os.fspath(
+            Path(args.video_root).absolute()), "num_clips": args.num_clips, "flip": args.flip,
+        "average": args.average, "num_views": config.num_views, "size": args.size,
+        "clip_len": args.clip_len, "rgb_stride": args.rgb_stride,
+        "num_classes": ev.num_classes, "attention_type": loaded.meta.get("attention_type"),
+    }
+    report = metrics_report(ev, names, settings)
+    if recipe is not None:
+        report["headline"] = {"metric": recipe.headline,
+                              "value": ev.metrics["fused"][recipe.headline],
+                              "reported": recipe.reported}
+
+    import jax
+
+    if jax.process_index() != 0:
+        return report
+    views = f"{args.num_clips} clip{'s' if args.num_clips > 1 else ''}" + (
+        " + flip" if args.flip else "") + f", average {args.average}"
+    print(f"model       {loaded.meta['model']}, {ev.num_classes} classes, "
+          f"{loaded.meta.get('attention_type')}, {loaded.meta['checkpoint']}")
+    print(f"data        {len(annotations)} videos"
+          + (f" of split {split}" if split else "") + f" ({views}), {args.video_root}")
+    steady = ev.num_clips_run / max(ev.seconds - ev.first_batch_seconds, 1e-9)
+    print(f"speed       {ev.clips_per_second:.1f} clips/s ({ev.num_clips_run} clips in "
+          f"{ev.seconds:.1f} s; {steady:.1f} clips/s after the first batch, which took "
+          f"{ev.first_batch_seconds:.1f} s with compilation)")
+    print(format_report(ev, names, recipe, per_class=not args.no_per_class))
+    from epam_jax.viz import atomic_output, save_confusion_matrix
+
+    if outputs["json"] is not None:
+        outputs["json"].parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(outputs["json"]) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+        print(f"wrote       {outputs['json']}")
+    if outputs["scores"] is not None:
+        outputs["scores"].parent.mkdir(parents=True, exist_ok=True)
+        write_scores(outputs["scores"], ev)
+        print(f"wrote       {outputs['scores']}")
+    if outputs["confusion"] is not None:
+        outputs["confusion"].parent.mkdir(parents=True, exist_ok=True)
+        title = (f"{recipe.dataset if recipe else Path(args.annotations).name}"
+                 f"{' ' + split if split else ''}: fused top-1 "
+                 f"{ev.metrics['fused']['top1']:.2f}%")
+        save_confusion_matrix(ev.metrics["fused"]["confusion"], names, outputs["confusion"],
+                              title)
+        print(f"wrote       {outputs['confusion']}")
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main)
