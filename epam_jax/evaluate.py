@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -56,6 +57,7 @@ class Evaluation:
     average: str
     seconds: float
     first_batch_seconds: float
+    first_batch_clips: int
 
     @property
     def num_clips_run(self) -> int:
@@ -89,7 +91,6 @@ def evaluate_model(
 
     from epam_jax.data.loader import ClipLoader
     from epam_jax.train.evaluate import collect_scores
-    from epam_jax.train.parallel import DataParallel
     from epam_jax.train.state import EvalState
 
     if not loaded.has_heads:
@@ -101,23 +102,22 @@ def evaluate_model(
     if config.pose != "heatmap" or not config.rgb:
         raise ValueError("evaluation needs both streams: ClipConfig(rgb=True, pose='heatmap')")
     num_classes = int(loaded.meta["num_classes"])
-    dp = DataParallel("jit", devices)
+    dp, step = _runner(tuple(devices) if devices is not None else None)
     batch_size = -(-batch_size // dp.num_devices) * dp.num_devices
     model = loaded.model if dp.num_devices == 1 else loaded.model.clone(eval_chunk=0)
     state = dp.put_state(EvalState.create(model, loaded.variables))
     loader = ClipLoader(list(annotations), config, dp.check_batch_size(batch_size), train=False,
                         shard_index=jax.process_index(), shard_count=jax.process_count(),
                         read_threads=read_threads, worker_count=worker_count)
-    step = dp.eval_step(mode="epam")
     total = len(annotations) * config.num_views
     start = time.perf_counter()
-    first: list[float] = []
+    first: list[tuple[float, int]] = []
     with tqdm(total=total, unit="clip", desc="evaluate", dynamic_ncols=True,
               disable=not (progress and jax.process_index() == 0)) as bar:
 
         def on_batch(clips: int) -> None:
             if not first:
-                first.append(time.perf_counter() - start)
+                first.append((time.perf_counter() - start, clips))
             bar.update(clips)
 
         table = collect_scores(lambda b: step(state, dp.put_batch(b)), loader, len(annotations),
@@ -125,8 +125,19 @@ def evaluate_model(
     seconds = time.perf_counter() - start
     metrics = table_metrics(table, num_classes, average)
     scores = fused_scores(table.stream_scores(average))
+    first_seconds, first_clips = first[0] if first else (seconds, 0)
     return Evaluation(table, metrics, scores, list(annotations), num_classes, average,
-                      seconds, first[0] if first else seconds)
+                      seconds, first_seconds, first_clips)
+
+
+@functools.cache
+def _runner(devices: tuple | None) -> tuple[Any, Any]:
+    """The device mesh and the compiled eval step, shared by every evaluation of this
+    process (checkpoints of the same model and shapes compile once)."""
+    from epam_jax.train.parallel import DataParallel
+
+    dp = DataParallel("jit", list(devices) if devices is not None else None)
+    return dp, dp.eval_step(mode="epam")
 
 
 # --------------------------------------------------------------------------- reports
@@ -362,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{loaded.meta.get('attention_type')}, {loaded.meta['checkpoint']}")
     print(f"data        {len(annotations)} videos"
           + (f" of split {split}" if split else "") + f" ({views}), {args.video_root}")
-    steady = ev.num_clips_run / max(ev.seconds - ev.first_batch_seconds, 1e-9)
+    steady = ((ev.num_clips_run - ev.first_batch_clips)
+              / max(ev.seconds - ev.first_batch_seconds, 1e-9))
     print(f"speed       {ev.clips_per_second:.1f} clips/s ({ev.num_clips_run} clips in "
           f"{ev.seconds:.1f} s; {steady:.1f} clips/s after the first batch, which took "
           f"{ev.first_batch_seconds:.1f} s with compilation)")

@@ -373,7 +373,8 @@ def confusion_picture(confusion: np.ndarray, names: Sequence[str], title: str | 
     """The confusion matrix (rows: true class, columns: prediction) as a picture.
 
     Each row is normalised by its class count and colour-mapped (0 -> 1 of the row);
-    class names label the rows (with the row's accuracy) and the columns (rotated).
+    class names label the rows (with the row's accuracy) and the columns (rotated);
+    cells large enough show their count.
     """
     confusion = np.asarray(confusion)
     c = confusion.shape[0]
@@ -381,16 +382,17 @@ def confusion_picture(confusion: np.ndarray, names: Sequence[str], title: str | 
         raise ValueError(f"expected a square (C, C) matrix and C names, got "
                          f"{confusion.shape} and {len(names)} names")
     cell = cell or max(8, min(28, 900 // max(c, 1)))
-    text = max(9, min(13, cell - 2))
+    size = max(9, min(13, cell - 2))
     counts = confusion.sum(1, keepdims=True)
     rates = np.where(counts > 0, confusion / np.maximum(counts, 1), 0.0)
-    labels = [f"{n}" if len(n) <= 40 else n[:39] + "…" for n in names]
+    labels = [n if len(n) <= 40 else n[:39] + "…" for n in names]
+    font = _font(size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    font = _font(text)
-    label_w = max(int(probe.textlength(s + " 100.0%", font=font)) for s in labels) + 12
-    top = label_w + (24 if title else 8)
-    left = label_w
-    width, height = left + c * cell + 20, top + c * cell + 20
+    name_w = max(int(probe.textlength(s, font=font)) for s in labels) + 10
+    row_w = name_w + int(probe.textlength(" 100.0%", font=font)) + 4
+    top = name_w + (30 if title else 10) + 16
+    left = row_w + 16
+    width, height = left + c * cell + 16, top + c * cell + 16
     img = Image.new("RGB", (width, height), _BG)
     draw = ImageDraw.Draw(img)
     if title:
@@ -400,12 +402,23 @@ def confusion_picture(confusion: np.ndarray, names: Sequence[str], title: str | 
     img.paste(Image.fromarray(grid), (left, top))
     for i, name in enumerate(labels):
         acc = 100.0 * rates[i, i] if counts[i, 0] else float("nan")
-        y = top + i * cell + cell / 2
-        _text(draw, (left - 6, y), f"{name} {acc:5.1f}%", text, anchor="rm")
-        strip = Image.new("RGB", (label_w, cell), _BG)
-        _text(ImageDraw.Draw(strip), (label_w - 6, cell / 2), name, text, anchor="rm")
-        img.paste(strip.rotate(90, expand=True), (left + i * cell, top - label_w))
-    draw.rectangle([left, top, left + c * cell - 1, top + c * cell - 1], outline=_INK)
+        _text(draw, (left - 6, top + i * cell + cell / 2), f"{name} {acc:5.1f}%", size,
+              anchor="rm")
+        strip = Image.new("RGB", (name_w, cell), _BG)
+        _text(ImageDraw.Draw(strip), (name_w - 4, cell / 2), name, size, anchor="rm")
+        img.paste(strip.rotate(90, expand=True), (left + i * cell, top - name_w))
+    if cell >= 18:
+        for i, j in zip(*np.nonzero(confusion), strict=True):
+            ink = (255, 255, 255) if rates[i, j] < 0.35 or rates[i, j] > 0.8 else _INK
+            _text(draw, (left + j * cell + cell / 2, top + i * cell + cell / 2),
+                  str(int(confusion[i, j])), size - 2, fill=ink, anchor="mm")
+    for k in range(c + 1):
+        draw.line([(left + k * cell, top), (left + k * cell, top + c * cell)], fill=_GRID)
+        draw.line([(left, top + k * cell), (left + c * cell, top + k * cell)], fill=_GRID)
+    _text(draw, (left + c * cell / 2, top - name_w - 4), "predicted class", 12, anchor="md")
+    strip = Image.new("RGB", (c * cell, 16), _BG)
+    _text(ImageDraw.Draw(strip), (c * cell / 2, 8), "true class", 12, anchor="mm")
+    img.paste(strip.rotate(90, expand=True), (0, top))
     return img
 
 

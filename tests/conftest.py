@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+
+from epam_jax.models import variable_shapes
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -45,3 +48,21 @@ def random_clips(batch: int, side: int, t_rgb: int = 16, t_pose: int = 48, seed:
     rgb = rng.standard_normal((batch, 3, t_rgb, side, side)).astype(np.float32)
     pose = rng.random((batch, 17, t_pose, side // 4, side // 4)).astype(np.float32)
     return rgb, pose
+
+
+def random_variables(model, seed: int = 0) -> dict:
+    """Random variables of ``model`` without compiling its init: LeCun-normal kernels,
+    BatchNorm scales and running variances in [0.5, 1.5], small biases and means."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, spec):
+        name = path[-1].key
+        if name in ("kernel", "conv_temporal_attention"):
+            fan_in = max(1, int(np.prod(spec.shape[:-1])))
+            return (rng.standard_normal(spec.shape) / np.sqrt(fan_in)).astype(np.float32)
+        if name in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, spec.shape).astype(np.float32)
+        return (0.1 * rng.standard_normal(spec.shape)).astype(np.float32)
+
+    tree = jax.tree_util.tree_map_with_path(leaf, variable_shapes(model))
+    return {col: tree[col] for col in ("params", "batch_stats")}

@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import random_variables
 from PIL import Image
 
 from epam_jax.checkpoints import save_variables
@@ -30,7 +31,7 @@ from epam_jax.data import (
     save_annotations,
 )
 from epam_jax.data.ntu_classes import NTU60_CLASSES, NTU120_CLASSES, class_names
-from epam_jax.models import EPAMBackbone, EPAMNet, SingleStreamNet, variable_shapes
+from epam_jax.models import EPAMBackbone, EPAMNet, SingleStreamNet
 from epam_jax.viz import (
     COLORMAP,
     atomic_output,
@@ -44,24 +45,6 @@ NUM_CLASSES = 60
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def random_variables(model, seed: int = 0) -> dict:
-    """Random variables of ``model`` without compiling its init: LeCun-normal kernels,
-    BatchNorm scales and running variances in [0.5, 1.5], small biases and means."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, spec):
-        name = path[-1].key
-        if name in ("kernel", "conv_temporal_attention"):
-            fan_in = max(1, int(np.prod(spec.shape[:-1])))
-            return (rng.standard_normal(spec.shape) / np.sqrt(fan_in)).astype(np.float32)
-        if name in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, spec.shape).astype(np.float32)
-        return (0.1 * rng.standard_normal(spec.shape)).astype(np.float32)
-
-    tree = jax.tree_util.tree_map_with_path(leaf, variable_shapes(model))
-    return {col: tree[col] for col in ("params", "batch_stats")}
 
 
 @pytest.fixture(scope="module")

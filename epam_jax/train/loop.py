@@ -122,6 +122,14 @@ class MetricWriter:
             self._tb.close()
 
 
+def _check_best_metric(config: Any) -> None:
+    scores = ("fused", "rgb", "pose") if config.mode == "epam" else ("fused",)
+    known = [f"{s}/{m}" for s in scores for m in ("top1", "top5", "mean_class_acc")]
+    if config.best_metric not in known:
+        raise ValueError(f"best_metric {config.best_metric!r} is not a validation metric of "
+                         f"mode {config.mode!r}; expected one of {known}")
+
+
 def _steps(config: Any, steps_per_epoch: int) -> tuple[int, int, int]:
     total = config.num_train_steps if config.num_train_steps > 0 else (
         config.num_epochs * steps_per_epoch)
@@ -146,6 +154,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     workdir = Path(workdir).absolute()
     primary = jax.process_index() == 0
     check_dataset(config)
+    _check_best_metric(config)
     dp = DataParallel(config.parallel)
     local_batch = dp.check_batch_size(config.batch_size)
     local_eval_batch = dp.check_batch_size(config.eval_batch_size, "eval_batch_size")
