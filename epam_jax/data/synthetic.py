@@ -6,7 +6,13 @@ textured background, so both the pose and the RGB stream can learn the classes. 
 are their own mirror images (a wave is done with either hand at random) because training
 flips clips horizontally with a left/right joint swap.
 
+By default the figures fill most of a (square) frame, like the paper's pre-cropped videos.
+``raw=True`` instead draws small figures anywhere in a larger, typically non-square frame,
+sometimes against an image edge, like an uncropped camera video; that is the input of the
+spatial alignment ``python -m epam_jax.prepare`` (keypoints stay in the raw frame's pixels).
+
     python -m epam_jax.data.synthetic OUT_DIR --num-classes 6 --train 48 --val 16
+    python -m epam_jax.data.synthetic RAW_DIR --raw --size 96 160 --train 8 --val 0
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ _UPPER_ARM, _FOREARM, _THIGH, _SHIN = 0.17, 0.16, 0.23, 0.22
 _SHOULDER_X, _SHOULDER_Y, _HIP_X = 0.11, -0.48, 0.07
 # Nose, eyes, ears relative to the neck point (centre of the shoulders).
 _FACE = np.array([[0, -0.14], [0.025, -0.16], [-0.025, -0.16], [0.05, -0.14], [-0.05, -0.14]])
+# Figure height as a fraction of the frame height: pre-cropped (default) and raw frames.
+FIGURE_SCALE = (0.45, 0.7)
+RAW_FIGURE_SCALE = (0.2, 0.35)
+# Keypoint extent of the rest pose in body heights (x: half width with the arms out;
+# y: from the eyes above the hip to the feet below it).
+_HALF_WIDTH, _TOP, _BOTTOM = 0.45, 0.64, 0.45
 _BONES = (
     (5, 7), (7, 9), (6, 8), (8, 10), (5, 6), (11, 12), (5, 11), (6, 12),
     (11, 13), (13, 15), (12, 14), (14, 16),
@@ -206,6 +218,20 @@ def _write_video(path: Path, frames: np.ndarray, fps: int) -> None:
             container.mux(packet)
 
 
+def _raw_position(h: int, w: int, height: float, rng: np.random.Generator) -> np.ndarray:
+    """Hip position (x, y) of a figure ``height`` pixels tall anywhere in an (h, w) frame:
+    uniform where it fits, and half the time pushed against one image edge (so a box
+    around it gets clipped there)."""
+    lo = np.array([_HALF_WIDTH * height, _TOP * height])
+    hi = np.maximum(lo, np.array([w - _HALF_WIDTH * height, h - _BOTTOM * height]))
+    pos = rng.uniform(lo, hi)
+    if rng.random() < 0.5:
+        edge = int(rng.integers(4))  # left, right, top, bottom
+        axis = edge // 2
+        pos[axis] = (lo if edge % 2 == 0 else hi)[axis]
+    return pos
+
+
 def make_sample(
     action: str,
     num_frames: int,
@@ -213,20 +239,31 @@ def make_sample(
     rng: np.random.Generator,
     second_person_prob: float = 0.2,
     missing_prob: float = 0.03,
+    raw: bool = False,
+    figure_scale: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One clip: frames uint8 (T, H, W, 3), keypoint (M, T, 17, 2) pixels (NaN or 0 for
-    missing joints), keypoint_score (M, T, 17)."""
+    missing joints), keypoint_score (M, T, 17).
+
+    ``figure_scale``: (min, max) figure height over frame height (default
+    ``FIGURE_SCALE``, or ``RAW_FIGURE_SCALE`` with ``raw``). ``raw`` places the figures
+    anywhere in the frame (see ``_raw_position``) instead of near the centre."""
     h, w = size
+    lo, hi = figure_scale or (RAW_FIGURE_SCALE if raw else FIGURE_SCALE)
     t = np.arange(num_frames) / num_frames
-    height = rng.uniform(0.45, 0.7) * h
+    height = rng.uniform(lo, hi) * h
     main = _pose(_motion(action, t, rng))
-    main = main * height + np.array([rng.uniform(0.3, 0.7) * w, rng.uniform(0.55, 0.68) * h])
+    if raw:
+        main = main * height + _raw_position(h, w, height, rng)
+    else:
+        main = main * height + np.array([rng.uniform(0.3, 0.7) * w, rng.uniform(0.55, 0.68) * h])
     people = [main]
     if rng.random() < second_person_prob:
         idle = _motion("raise_arms", t, rng)
         for tag in ("l", "r"):
             idle[f"{tag}_arm"] = 0.15 + 0.05 * np.sin(2 * np.pi * t)
-        other_h = rng.uniform(0.35, 0.55) * h
+        # 0.35-0.55 of the frame height at the default scale, proportionally smaller in raw.
+        other_h = rng.uniform(0.35, 0.55) * h * ((lo + hi) / sum(FIGURE_SCALE))
         x = rng.choice([0.15, 0.85]) * w
         people.append(_pose(idle) * other_h + np.array([x, rng.uniform(0.6, 0.7) * h]))
     bg = _background(h, w, rng)
@@ -257,13 +294,17 @@ def make_synthetic_dataset(
     fps: int = 30,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    raw: bool = False,
+    figure_scale: tuple[float, float] | None = None,
 ) -> Path:
     """Write a synthetic dataset to ``out_dir`` and return its annotation pickle path.
 
     Layout: ``annotations.pkl`` (``{'split': {'train', 'val'}, 'annotations'}``) and
     ``videos/{frame_dir}.mp4``; read it with ``ClipConfig(video_root=out_dir/'videos')``.
     Classes are balanced (sample i has label i % num_classes); clip lengths are uniform
-    in ``frames`` (inclusive).
+    in ``frames`` (inclusive). ``size`` is (height, width). ``raw``/``figure_scale``: small
+    figures anywhere in the frame, an unaligned dataset for ``epam_jax.prepare`` (see
+    ``make_sample``); keypoints and ``img_shape`` are in the frame's pixels either way.
     """
     if not 1 <= num_classes <= len(ACTIONS):
         raise ValueError(f"expected 1 <= num_classes <= {len(ACTIONS)}, got {num_classes}")
@@ -273,6 +314,8 @@ def make_synthetic_dataset(
         raise ValueError(f"expected 1 <= min frames <= max frames, got {frames}")
     if size[0] % 2 or size[1] % 2 or min(size) < 16:
         raise ValueError(f"expected an even video size of at least 16, got {size}")
+    if figure_scale is not None and not 0 < figure_scale[0] <= figure_scale[1] <= 1:
+        raise ValueError(f"expected 0 < min <= max <= 1 figure scale, got {figure_scale}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     annotations, split = [], {"train": [], "val": []}
@@ -282,7 +325,9 @@ def make_synthetic_dataset(
         name = "train" if i < num_train else "val"
         label = i % num_classes
         n = int(rng.integers(frames[0], frames[1] + 1))
-        clip, kp, score = make_sample(ACTIONS[label], n, size, rng)
+        clip, kp, score = make_sample(
+            ACTIONS[label], n, size, rng, raw=raw, figure_scale=figure_scale
+        )
         frame_dir = f"{name}_{i:05d}_{ACTIONS[label]}"
         _write_video(out / "videos" / f"{frame_dir}.mp4", clip, fps)
         annotations.append(
@@ -314,6 +359,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(112, 112), metavar=("H", "W"))
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="small figures anywhere in the frame (an unaligned dataset for epam_jax.prepare)",
+    )
+    parser.add_argument(
+        "--figure-scale",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help=f"figure height / frame height (default {FIGURE_SCALE}, raw {RAW_FIGURE_SCALE})",
+    )
     args = parser.parse_args(argv)
     path = make_synthetic_dataset(
         args.out_dir,
@@ -324,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
         size=tuple(args.size),
         fps=args.fps,
         seed=args.seed,
+        raw=args.raw,
+        figure_scale=None if args.figure_scale is None else tuple(args.figure_scale),
     )
     print(f"wrote {args.train + args.val} samples, {args.num_classes} classes: {path}")
 
