@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from epam_jax.data import ClipConfig, load_annotations, video_path
+from epam_jax.data import ClipConfig, load_annotations
 from epam_jax.data.datasets import Recipe, get_recipe, read_names
 from epam_jax.data.ntu_classes import class_names
+from epam_jax.data.pipeline import check_videos_exist
 from epam_jax.extract import LoadedModel, load_model, run_cli
 from epam_jax.metrics import AVERAGES, ScoreTable, fused_scores, table_metrics
 
@@ -305,16 +306,6 @@ def _select(args: argparse.Namespace, recipe: Recipe | None, num_classes: int
     return annotations, split
 
 
-def _check_videos(annotations: Sequence[dict[str, Any]], config: ClipConfig) -> None:
-    missing = [os.fspath(video_path(a, config)) for a in annotations
-               if not video_path(a, config).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(annotations)} videos not found under {config.video_root}, "
-            f"e.g. {missing[:3]} (check --video-root and --video-ext; prepared videos are "
-            "named <frame_dir>.mp4)")
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     recipe = get_recipe(args.dataset) if args.dataset else None
@@ -337,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         heatmap_size=(args.size // 4, args.size // 4), video_root=args.video_root,
         video_ext=args.video_ext, num_clips=args.num_clips, test_flip=args.flip,
         require_prepared=not args.allow_unprepared)
-    _check_videos(annotations, config)
+    check_videos_exist(annotations, config)
     if names_from_file is not None:
         names = class_names(loaded.meta["num_classes"], names_from_file)
     elif recipe is not None:

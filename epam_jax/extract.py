@@ -43,7 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from epam_jax.checkpoints import describe, load_meta, load_variables
-from epam_jax.data import ClipConfig, load_annotations, video_path
+from epam_jax.data import ClipConfig, load_annotations
+from epam_jax.data.pipeline import check_videos_exist
 from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
 from epam_jax.viz import (
     atomic_output,
@@ -364,13 +365,7 @@ def extract(
         if progress:
             print(f"all {len(annotations)} clips already extracted in {out_dir}")
         return []
-    missing = [os.fspath(video_path(a, config)) for a in todo
-               if not video_path(a, config).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(todo)} videos not found under {config.video_root}, e.g. "
-            f"{missing[:3]} (check --video-root and --video-ext)"
-        )
+    check_videos_exist(todo, config)
     forward, num_devices = make_forward(loaded, fusion, pooling)
     batch_size = -(-batch_size // num_devices) * num_devices
     # Several hosts: each extracts every process_count-th clip (the loader's eval sharding).

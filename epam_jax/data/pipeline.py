@@ -114,6 +114,17 @@ PREPARE_HINT = (
 )
 
 
+def check_videos_exist(annotations: Sequence[dict[str, Any]], config: ClipConfig) -> None:
+    """Raise FileNotFoundError, naming a few, unless every sample's video exists."""
+    missing = [os.fspath(video_path(a, config)) for a in annotations
+               if not video_path(a, config).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(annotations)} videos not found under {config.video_root}, "
+            f"e.g. {missing[:3]} (check --video-root and --video-ext; prepared videos are "
+            "named <frame_dir>.mp4)")
+
+
 def check_prepared_videos(
     annotations: Sequence[dict[str, Any]], config: ClipConfig, limit: int = 32
 ) -> None:
