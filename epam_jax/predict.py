@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from epam_jax.data import ClipConfig
+from epam_jax.data.datasets import read_names
 from epam_jax.data.ntu_classes import class_names
 from epam_jax.extract import LoadedModel, load_model, make_forward, run_cli, write_npz
 from epam_jax.realvideo import VideoClip, check_video, single_video_annotation, video_clip
@@ -73,10 +74,7 @@ def predict_clip(loaded: LoadedModel, clip: VideoClip) -> dict[str, np.ndarray]:
 
 
 def _read_names(path: str | None, num_classes: int) -> list[str]:
-    names = None
-    if path is not None:
-        names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    return class_names(num_classes, names)
+    return class_names(num_classes, None if path is None else read_names(path))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -140,13 +140,10 @@ def check_prepared_videos(
         return
     picks = np.unique(np.linspace(0, len(annotations) - 1, min(limit, len(annotations))
                                   ).astype(int))
-    for i in picks.tolist():
-        path = video_path(annotations[i], config)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"no video file or frame folder at {os.fspath(path)!r} (frame_dir "
-                f"{annotations[i]['frame_dir']!r}; check the video root and extension)"
-            )
+    sampled = [annotations[i] for i in picks.tolist()]
+    check_videos_exist(sampled, config)
+    for ann in sampled:
+        path = video_path(ann, config)
         h, w = frame_size(path)
         if h != w:
             raise ValueError(
