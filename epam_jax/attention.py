@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from epam_jax.layers import BatchNorm, Conv, ConvBN, kaiming_fan_out, stats_dtype
+from epam_jax.tuning import Tuning
 
 Array = jax.Array
 Dtype = Any
@@ -52,6 +53,7 @@ class CBAMSpatialEfficientTemporal(nn.Module):
     """
 
     bn_axis_name: str | None = None
+    tuning: Tuning = Tuning()
     dtype: Dtype | None = None
 
     @nn.compact
@@ -68,11 +70,13 @@ class CBAMSpatialEfficientTemporal(nn.Module):
                 use_running_average=not train,
                 momentum=0.99,
                 axis_name=self.bn_axis_name,
+                custom_gradient=self.tuning.custom_gradients,
                 **kw,
             )
 
         spatial = ConvBN(
-            1, norm=norm, kind="spatial", kernel_size=7, dtype=dtype, name="spatial"
+            1, norm=norm, kind="spatial", kernel_size=7, tuning=self.tuning, dtype=dtype,
+            name="spatial",
         )(pooled)
         spatial = nn.sigmoid(spatial.astype(stats_dtype(spatial)))
         kernel = self.param("conv_temporal_attention", kaiming_fan_out, (7, 1, 1), jnp.float32)
@@ -87,6 +91,7 @@ class SpatialTemporalAttention(nn.Module):
     """
 
     num_frames: int = 16
+    tuning: Tuning = Tuning()
     dtype: Dtype | None = None
 
     @nn.compact
@@ -98,7 +103,7 @@ class SpatialTemporalAttention(nn.Module):
                 f"got {x.shape[1]}"
             )
         dtype = self.dtype or jnp.float32
-        conv = partial(Conv, 1, kind="spatial", use_bias=True, dtype=dtype)
+        conv = partial(Conv, 1, kind="spatial", use_bias=True, tuning=self.tuning, dtype=dtype)
         s = nn.relu(conv(kernel_size=3, name="conv_ch_compress")(x.astype(dtype)))
         s = conv(kernel_size=7, name="conv_sptial_attention")(s)
         spatial = nn.sigmoid(s.astype(stats_dtype(s)))

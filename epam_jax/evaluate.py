@@ -105,7 +105,7 @@ def evaluate_model(
     num_classes = int(loaded.meta["num_classes"])
     dp, step = _runner(tuple(devices) if devices is not None else None)
     batch_size = -(-batch_size // dp.num_devices) * dp.num_devices
-    model = loaded.model if dp.num_devices == 1 else loaded.model.clone(eval_chunk=0)
+    model = loaded.model.clone(tuning=dp.tuning)
     state = dp.put_state(EvalState.create(model, loaded.variables))
     loader = ClipLoader(list(annotations), config, dp.check_batch_size(batch_size), train=False,
                         shard_index=jax.process_index(), shard_count=jax.process_count(),

@@ -46,13 +46,13 @@ from epam_jax.checkpoints import describe, load_meta, load_variables
 from epam_jax.data import ClipConfig, load_annotations
 from epam_jax.data.pipeline import check_videos_exist
 from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
+from epam_jax.tuning import Tuning
 from epam_jax.viz import (
     atomic_output,
     denormalize_rgb,
     ensure_writable_dir,
     save_attention_pictures,
 )
-from epam_jax.xla_options import compiler_options
 
 TWO_STREAM_MODELS = ("epam", "backbone")
 FUSIONS = ("multiply", "residual", "none")
@@ -208,8 +208,7 @@ def _forward_outputs(variables: dict, rgb: jax.Array, pose: jax.Array, *, model:
 def _jitted_forward() -> Callable[..., dict[str, jax.Array]]:
     # One jitted function keyed on the (hashable) model, so every caller shares the
     # compile; made on first use so importing this module starts no JAX backend.
-    return jax.jit(_forward_outputs, static_argnames=("model", "fusion", "pooling"),
-                   compiler_options=compiler_options())
+    return jax.jit(_forward_outputs, static_argnames=("model", "fusion", "pooling"))
 
 
 def make_forward(
@@ -227,8 +226,7 @@ def make_forward(
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     variables = jax.device_put(loaded.variables, replicated)
-    # a loop over a batch split across devices would gather it onto each of them
-    model = loaded.model if len(devices) == 1 else loaded.model.clone(eval_chunk=0)
+    model = loaded.model.clone(tuning=Tuning.for_devices(devices))
 
     def forward(rgb: np.ndarray, pose: np.ndarray) -> dict[str, np.ndarray]:
         if len(rgb) % len(devices):

@@ -23,8 +23,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from epam_jax.tuning import Tuning
+
 Array = jax.Array
 Dtype = Any
+DEFAULT = Tuning()
 
 # torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'), untruncated.
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -55,16 +58,16 @@ def temporal_shift(x: Array, fold_div: int) -> Array:
     return jnp.where(channel < fold, future, jnp.where(channel < 2 * fold, past, x))
 
 
-def materialize(x: Array) -> Array:
-    """``x``, kept as one buffer by the compiler (an optimisation barrier) on CPU.
+def materialize(x: Any, barrier: bool) -> Any:
+    """``x``, kept as one buffer by the compiler (an optimisation barrier) when ``barrier``.
 
     XLA:CPU otherwise fuses a residual block's output (add + ReLU) into every
     consumer, so each later block of a stage recomputes the chain of residual
-    sums before it. Effective when the function is jitted with
+    sums before it. Effective only when the function is jitted with
     ``epam_jax.xla_options.compiler_options()`` (eval at batch 1: 290 -> 227 ms on
-    a 2-core CPU); without them XLA removes the barrier and nothing changes.
+    a 2-core CPU); without them XLA removes the barrier (``Tuning.barriers``).
     """
-    return lax.optimization_barrier(x) if jax.default_backend() == "cpu" else x
+    return lax.optimization_barrier(x) if barrier else x
 
 
 class BatchNorm(nn.Module):
@@ -83,6 +86,7 @@ class BatchNorm(nn.Module):
     epsilon: float = 1e-5
     scale_init: Callable[..., Array] = nn.initializers.ones
     axis_name: str | None = None
+    custom_gradient: bool = True
     dtype: Dtype | None = None
 
     def setup(self):
@@ -104,14 +108,13 @@ class BatchNorm(nn.Module):
             mult, offset = self.affine()
             y = (x * mult.astype(dtype) + offset.astype(dtype)).astype(dtype)
             return nn.relu(y) if relu else y
-        args = (x, self.scale, self.bias, self.epsilon, relu, dtype)
-        if self.axis_name is None:
-            y, mean, var = batch_norm_train(*args)
-            mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
-            count = x.size // x.shape[-1]
-        else:  # cross-replica statistics: plain autodiff through pmean
-            y, mean, var = _batch_norm(*args, axis_name=self.axis_name)
-            count = x.size // x.shape[-1] * lax.psum(1, self.axis_name)
+        args = (x, self.scale, self.bias, self.epsilon, relu, dtype, self.axis_name)
+        norm = batch_norm_train if self.custom_gradient else _batch_norm
+        y, mean, var = norm(*args)
+        mean, var = lax.stop_gradient(mean), lax.stop_gradient(var)
+        count = x.size // x.shape[-1]
+        if self.axis_name is not None:  # statistics over every replica
+            count = count * lax.psum(1, self.axis_name)
         if not self.is_initializing():
             unbiased = var * (count / jnp.maximum(count - 1, 1))
             m = self.momentum
@@ -120,13 +123,16 @@ class BatchNorm(nn.Module):
         return y
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def batch_norm_train(
-    x: Array, scale: Array, bias: Array, epsilon: float, relu: bool, dtype: Dtype
+    x: Array, scale: Array, bias: Array, epsilon: float, relu: bool, dtype: Dtype,
+    axis_name: str | None = None,
 ) -> tuple[Array, Array, Array]:
     """Training-mode BatchNorm (then ReLU when ``relu``) over every axis but the last.
 
     Returns ``(y, mean, biased variance)``; the statistics carry no gradient.
+    With ``axis_name`` (under ``pmap``) the statistics, and the sums of the
+    input gradient, run over every replica.
     The backward pass keeps only ``x`` and recomputes the normalised values and
     the ReLU mask from it inside its two passes (the reductions, then ``dx``),
     where autodiff writes and rereads several full-size intermediates (train
@@ -151,12 +157,12 @@ def _batch_norm(x, scale, bias, epsilon, relu, dtype, axis_name=None):
     return y.astype(dtype), mean, var
 
 
-def _batch_norm_train_fwd(x, scale, bias, epsilon, relu, dtype):
-    y, mean, var = _batch_norm(x, scale, bias, epsilon, relu, dtype)
+def _batch_norm_train_fwd(x, scale, bias, epsilon, relu, dtype, axis_name):
+    y, mean, var = _batch_norm(x, scale, bias, epsilon, relu, dtype, axis_name)
     return (y, mean, var), (x, scale, bias, mean, var)
 
 
-def _batch_norm_train_bwd(epsilon, relu, dtype, res, cotangents):
+def _batch_norm_train_bwd(epsilon, relu, dtype, axis_name, res, cotangents):
     x, scale, bias, mean, var = res
     axes = tuple(range(x.ndim - 1))
     xf = x.astype(stats_dtype(x))
@@ -169,26 +175,39 @@ def _batch_norm_train_bwd(epsilon, relu, dtype, res, cotangents):
     dbias = jnp.sum(g, axes)
     dscale = jnp.sum(g * xhat, axes)
     n = x.size // x.shape[-1]
-    dx = mult * (g - dbias / n - xhat * (dscale / n))
+    gbias, gscale = dbias, dscale
+    if axis_name is not None:  # this replica's x moved every replica's statistics
+        gbias, gscale = lax.psum(dbias, axis_name), lax.psum(dscale, axis_name)
+        n = n * lax.psum(1, axis_name)
+    dx = mult * (g - gbias / n - xhat * (gscale / n))
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
-@jax.custom_vjp
-def swish(x: Array) -> Array:
-    """``x * sigmoid(x)``; the backward pass keeps only ``x`` and recomputes the sigmoid.
-
-    Written ``x / (1 + exp(-x))``: one division where ``x * sigmoid(x)`` costs a
-    division and a product (same rounding to within an ulp; eval at batch 1 on a
-    2-core CPU, where the swish of every block costs ~8% of the time: ~1% faster).
-    """
+def _swish(x: Array) -> Array:
     return x / (1 + jnp.exp(-x))
 
 
+def swish(x: Array, custom_gradient: bool = True) -> Array:
+    """``x * sigmoid(x)``, written ``x / (1 + exp(-x))``.
+
+    One division where ``x * sigmoid(x)`` costs a division and a product (same
+    rounding to within an ulp; eval at batch 1 on a 2-core CPU, where the swish
+    of every block costs ~8% of the time: ~1% faster). With ``custom_gradient``
+    the backward pass keeps only ``x`` and recomputes the sigmoid.
+    """
+    return _swish_custom(x) if custom_gradient else _swish(x)
+
+
+@jax.custom_vjp
+def _swish_custom(x: Array) -> Array:
+    return _swish(x)
+
+
 def _swish_fwd(x: Array) -> tuple[Array, Array]:
-    return swish(x), x
+    return _swish(x), x
 
 
 def _swish_bwd(x: Array, g: Array) -> tuple[Array]:
@@ -196,15 +215,16 @@ def _swish_bwd(x: Array, g: Array) -> tuple[Array]:
     return (g * (s * (1 + x * (1 - s))),)
 
 
-swish.defvjp(_swish_fwd, _swish_bwd)
+_swish_custom.defvjp(_swish_fwd, _swish_bwd)
 
 
 # Gradients. XLA differentiates the formulations below correctly but slowly on
 # CPU: it fuses the upstream BatchNorm backward into a transposed copy for every
 # weight gradient, recomputes it once per depthwise tap, and materialises each
-# tap for the kernel gradient. The custom VJPs keep the same arithmetic and make
-# the incoming gradient one buffer (``optimization_barrier``) that a matrix
-# product, a shifted multiply-add and cache-sized tap reductions then read.
+# tap for the kernel gradient. The custom VJPs (``Tuning.custom_gradients``)
+# keep the same arithmetic and make the incoming gradient one buffer
+# (``optimization_barrier``) that a matrix product, a shifted multiply-add and
+# cache-sized tap reductions then read.
 
 
 @jax.custom_vjp
@@ -227,11 +247,36 @@ def _matmul_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def pointwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
-    """1x1x1 convolution as a matrix product; ``kernel`` is (1, 1, 1, cin, cout)."""
+def _dot(x: Array, w: Array, tuning: Tuning) -> Array:
+    return matmul(x, w) if tuning.custom_gradients else jnp.dot(x, w)
+
+
+def _xla_conv(x: Array, kernel: Array, stride: int, groups: int = 1) -> Array:
+    """(1, kh, kw) convolution, padding k // 2, by ``lax.conv_general_dilated`` over frames."""
+    n, t, h, w, c = x.shape
+    _, kh, kw, _, cout = kernel.shape
+    y = lax.conv_general_dilated(
+        x.reshape(n * t, h, w, c),
+        kernel[0],
+        window_strides=(stride, stride),
+        padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+    return y.reshape(n, t, *y.shape[1:])
+
+
+def pointwise_conv(x: Array, kernel: Array, stride: int = 1, *, tuning: Tuning = DEFAULT) -> Array:
+    """1x1x1 convolution as a matrix product; ``kernel`` is (1, 1, 1, cin, cout).
+
+    Strided, the 'matmul' formulation subsamples the input first; 'xla' hands
+    the stride to the compiler's convolution.
+    """
     if stride != 1:
+        if tuning.convolutions == "xla":
+            return _xla_conv(x, kernel, stride)
         x = x[:, :, ::stride, ::stride, :]
-    return matmul(x, kernel.reshape(kernel.shape[-2:]))
+    return _dot(x, kernel.reshape(kernel.shape[-2:]), tuning)
 
 
 def _pad_hw(x: Array, low: tuple[int, int], high: tuple[int, int], interior: int = 0) -> Array:
@@ -263,14 +308,16 @@ def _conv_out_size(size: int, k: int, stride: int) -> int:
     return (size + 2 * (k // 2) - k) // stride + 1
 
 
-# Kernel-gradient reductions run over chunks of frames this large, so the nine
-# taps of a chunk are read from cache (train step at batch 2 on a 2-core CPU:
-# 3.05-3.35 s with whole-tensor reductions, 2.70-3.13 s with 4 MB chunks).
-KERNEL_GRAD_CHUNK_BYTES = 4 << 20
+def _depthwise_kernel_grad(
+    xp: Array, g: Array, kh: int, kw: int, stride: int, chunk_bytes: int
+) -> Array:
+    """(kh * kw, C) sums of tap view * g over every position, in float32 or wider.
 
-
-def _depthwise_kernel_grad(xp: Array, g: Array, kh: int, kw: int, stride: int) -> Array:
-    """(kh * kw, C) sums of tap view * g over every position, in float32 or wider."""
+    The sums run over chunks of frames of at most ``chunk_bytes`` (0: all at
+    once), so the nine taps of a chunk are read from cache (train step at batch
+    2 on a 2-core CPU: 3.05-3.35 s with whole-tensor reductions, 2.70-3.13 s
+    with 4 MB chunks).
+    """
     ho, wo = g.shape[2], g.shape[3]
     acc_dtype = stats_dtype(g)
 
@@ -281,9 +328,9 @@ def _depthwise_kernel_grad(xp: Array, g: Array, kh: int, kw: int, stride: int) -
     frames = xp.shape[0] * xp.shape[1]
     frame_bytes = xp[0, 0].size * xp.dtype.itemsize
     chunk = frames
-    if jax.default_backend() == "cpu":  # a cache blocking, measured on CPU only
+    if chunk_bytes:
         fits = (d for d in range(1, frames + 1) if frames % d == 0)
-        chunk = max((d for d in fits if d * frame_bytes <= KERNEL_GRAD_CHUNK_BYTES), default=1)
+        chunk = max((d for d in fits if d * frame_bytes <= chunk_bytes), default=1)
     if chunk == frames:
         return reduce(xp, g)
     xs = xp.reshape(frames // chunk, 1, chunk, *xp.shape[2:])
@@ -296,19 +343,25 @@ def _depthwise_kernel_grad(xp: Array, g: Array, kh: int, kw: int, stride: int) -
     return acc
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise(x: Array, k: Array, stride: int) -> Array:
+def _depthwise_mac(x: Array, k: Array, stride: int) -> Array:
     kh, kw, _ = k.shape
     ho = _conv_out_size(x.shape[2], kh, stride)
     wo = _conv_out_size(x.shape[3], kw, stride)
     return _shifted_mac(_pad_hw(x, (kh // 2, kw // 2), (kh // 2, kw // 2)), k, stride, ho, wo)
 
 
-def _depthwise_fwd(x: Array, k: Array, stride: int) -> tuple[Array, tuple[Array, Array]]:
-    return _depthwise(x, k, stride), (x, k)
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(x: Array, k: Array, stride: int, chunk_bytes: int) -> Array:
+    return _depthwise_mac(x, k, stride)
 
 
-def _depthwise_bwd(stride: int, res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+def _depthwise_fwd(x, k, stride, chunk_bytes):
+    return _depthwise_mac(x, k, stride), (x, k)
+
+
+def _depthwise_bwd(
+    stride: int, chunk_bytes: int, res: tuple[Array, Array], g: Array
+) -> tuple[Array, Array]:
     x, k = res
     kh, kw, _ = k.shape
     (h, w), (ho, wo) = x.shape[2:4], g.shape[2:4]
@@ -318,25 +371,30 @@ def _depthwise_bwd(stride: int, res: tuple[Array, Array], g: Array) -> tuple[Arr
     low = (kh - 1 - ph, kw - 1 - pw)
     high = (h + ph - stride * (ho - 1) - 1, w + pw - stride * (wo - 1) - 1)
     dx = _shifted_mac(_pad_hw(g, low, high, stride - 1), k[::-1, ::-1], 1, h, w)
-    dk = _depthwise_kernel_grad(_pad_hw(x, (ph, pw), (ph, pw)), g, kh, kw, stride)
+    dk = _depthwise_kernel_grad(_pad_hw(x, (ph, pw), (ph, pw)), g, kh, kw, stride, chunk_bytes)
     return dx, dk.reshape(k.shape).astype(k.dtype)
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
-def depthwise_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
-    """(1, k, k) depthwise convolution, padding k // 2, as shifted multiply-adds.
+def depthwise_conv(x: Array, kernel: Array, stride: int = 1, *, tuning: Tuning = DEFAULT) -> Array:
+    """(1, k, k) depthwise convolution, padding k // 2; ``kernel`` is (1, kh, kw, 1, C).
 
-    ``kernel`` is (1, kh, kw, 1, C). Each tap is a strided view of the padded
-    input scaled per channel; XLA fuses the sum into one loop. On XLA:CPU this
-    is 4-50x faster than a grouped convolution.
+    'matmul': shifted multiply-adds, each tap a strided view of the padded
+    input scaled per channel, fused by XLA into one loop (on XLA:CPU 4-50x
+    faster than a grouped convolution). 'xla': a grouped convolution.
     """
     _, kh, kw, _, c = kernel.shape
-    return _depthwise(x, kernel.reshape(kh, kw, c), stride)
+    if tuning.convolutions == "xla":
+        return _xla_conv(x, kernel, stride, groups=c)
+    k = kernel.reshape(kh, kw, c)
+    if tuning.custom_gradients:
+        return _depthwise(x, k, stride, tuning.kernel_grad_chunk_bytes)
+    return _depthwise_mac(x, k, stride)
 
 
-def _strided_conv(x: Array, kernel: Array, stride: int) -> Array:
+def _strided_conv(x: Array, kernel: Array, stride: int, tuning: Tuning) -> Array:
     """Strided dense convolution as space-to-depth and one matrix product.
 
     The padded input is cut into ``stride x stride`` cells stacked on the
@@ -360,22 +418,24 @@ def _strided_conv(x: Array, kernel: Array, stride: int) -> Array:
     k = k.reshape(ka, s, kb, s, cin, cout).transpose(0, 2, 1, 3, 4, 5)
     cols = [z[:, :, a : a + ho, b : b + wo] for a in range(ka) for b in range(kb)]
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    return matmul(patches, k.reshape(ka * kb * s * s * cin, cout))
+    return _dot(patches, k.reshape(ka * kb * s * s * cin, cout), tuning)
 
 
-def spatial_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
+def spatial_conv(x: Array, kernel: Array, stride: int = 1, *, tuning: Tuning = DEFAULT) -> Array:
     """Dense (1, kh, kw) convolution with padding k // 2, frames folded into the batch.
 
-    Written as matrix products (the stems have only 3 or 17 input channels,
-    where XLA:CPU's convolution runs at a few GFLOP/s). With stride 1 the
-    ``kw`` taps along the width are concatenated on the channel axis
+    'matmul' writes it as matrix products (the stems have only 3 or 17 input
+    channels, where XLA:CPU's convolution runs at a few GFLOP/s). With stride 1
+    the ``kw`` taps along the width are concatenated on the channel axis
     (K = kw * cin), one product against all kernel rows at once covers every
     padded row, and the kh row-shifted slices of its output are summed (1.3x
     faster than XLA's convolution for the pose stem). Strided convolutions go
-    through space-to-depth (``_strided_conv``).
+    through space-to-depth (``_strided_conv``). 'xla': the compiler's convolution.
     """
+    if tuning.convolutions == "xla":
+        return _xla_conv(x, kernel, stride)
     if stride != 1:
-        return _strided_conv(x, kernel, stride)
+        return _strided_conv(x, kernel, stride, tuning)
     _, kh, kw, cin, cout = kernel.shape
     _, _, h, w, _ = x.shape
     ph, pw = kh // 2, kw // 2
@@ -384,7 +444,7 @@ def spatial_conv(x: Array, kernel: Array, stride: int = 1) -> Array:
     cols = [xp[:, :, :, j : j + wo] for j in range(kw)]
     patches = cols[0] if kw == 1 else jnp.concatenate(cols, axis=-1)
     weights = kernel[0].reshape(kh, kw * cin, cout)
-    y = matmul(patches, jnp.concatenate(list(weights), axis=-1))
+    y = _dot(patches, jnp.concatenate(list(weights), axis=-1), tuning)
     out = y[:, :, 0:ho, :, 0:cout]
     for i in range(1, kh):
         out = out + y[:, :, i : i + ho, :, i * cout : (i + 1) * cout]
@@ -399,13 +459,38 @@ def padded_width(channels: int, multiple: int) -> int:
     return -(-channels // multiple) * multiple
 
 
+def prepare_weights(
+    kernel: Array,
+    offset: Array | None,
+    fold: tuple[Array, Array] | None = None,
+    *,
+    pad_in: int = 0,
+    pad_out: int = 0,
+) -> tuple[Array, Array | None]:
+    """A convolution's ``(kernel, offset)`` as it runs: BatchNorm folded in, zero padded.
+
+    ``fold = (multiplier, shift)`` scales the kernel per output channel and
+    adds ``shift`` to the offset; ``pad_in`` and ``pad_out`` append zero input
+    and output channels to the kernel (a depthwise kernel takes ``pad_out``
+    only) and zero output channels to the offset.
+    """
+    if fold is not None:
+        mult, shift = fold
+        kernel = kernel * mult
+        offset = shift if offset is None else offset * mult + shift
+    if pad_in or pad_out:
+        kernel = jnp.pad(kernel, [(0, 0)] * 3 + [(0, pad_in), (0, pad_out)])
+        offset = None if offset is None else jnp.pad(offset, (0, pad_out))
+    return kernel, offset
+
+
 class Conv(nn.Module):
     """A bias-optional convolution with temporal kernel 1 on (N, T, H, W, C).
 
     ``kind`` picks the kernel: 'pointwise' (1x1x1), 'depthwise' (1 x k x k, one
     filter per channel) or 'spatial' (dense 1 x k x k). ``bias`` adds a bias
     parameter; ``fold`` multiplies the kernel per output channel and adds an
-    offset (BatchNorm folded in eval).
+    offset (BatchNorm folded in eval). ``tuning`` picks the formulation.
 
     Zero channel padding: ``in_features`` is the kernel's input channel count
     when ``x`` carries zero channels after them (default: all of ``x``'s), and
@@ -421,6 +506,7 @@ class Conv(nn.Module):
     use_bias: bool = False
     in_features: int | None = None
     out_width: int | None = None
+    tuning: Tuning = DEFAULT
     dtype: Dtype | None = None
     kernel_init: Callable[..., Array] = kaiming_fan_out
 
@@ -449,19 +535,15 @@ class Conv(nn.Module):
         offset = None
         if self.use_bias:
             offset = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        if fold is not None:
-            mult, shift = fold
-            kernel = kernel * mult
-            offset = shift if offset is None else offset * mult + shift
-        if out_width > self.features or width > cin:
-            pad_in = 0 if self.kind == "depthwise" else width - cin
-            pad_out = out_width - self.features
-            kernel = jnp.pad(kernel, [(0, 0)] * 3 + [(0, pad_in), (0, pad_out)])
-            offset = None if offset is None else jnp.pad(offset, (0, pad_out))
+        pad_in = 0 if self.kind == "depthwise" else width - cin
+        kernel, offset = prepare_weights(
+            kernel, offset, fold, pad_in=pad_in, pad_out=out_width - self.features
+        )
         if fold is not None:  # one small buffer each, not recomputed in every element's loop
-            kernel, offset = materialize((kernel, offset))
+            kernel, offset = materialize((kernel, offset), self.tuning.barriers)
         dtype = self.dtype or x.dtype
-        y = _CONV_FNS[self.kind](x.astype(dtype), kernel.astype(dtype), self.stride)
+        conv = _CONV_FNS[self.kind]
+        y = conv(x.astype(dtype), kernel.astype(dtype), self.stride, tuning=self.tuning)
         if offset is not None:
             y = y + offset.astype(dtype)
         return y
@@ -472,7 +554,9 @@ class ConvBN(nn.Module):
 
     In eval the BatchNorm is folded into the convolution's kernel and bias, and
     the zero channel padding of ``Conv`` (``in_features``, ``out_width``) is
-    available; in training the padding is an error.
+    available; in training the padding is an error. ``prepared``: the
+    variables are ``prepare_convbn``'s, ``conv`` with kernel and bias folded
+    and padded already (eval only; see ``X3DStage``).
     """
 
     features: int
@@ -484,20 +568,18 @@ class ConvBN(nn.Module):
     zero_init_gamma: bool = False
     in_features: int | None = None
     out_width: int | None = None
+    prepared: bool = False
+    tuning: Tuning = DEFAULT
     dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        conv = Conv(
-            self.features,
-            self.kind,
-            self.kernel_size,
-            self.stride,
-            in_features=self.in_features,
-            out_width=self.out_width,
-            dtype=self.dtype,
-            name="conv",
-        )
+        conv = partial(Conv, kind=self.kind, kernel_size=self.kernel_size, stride=self.stride,
+                       tuning=self.tuning, dtype=self.dtype, name="conv")
+        if self.prepared:
+            y = conv(self.out_width or self.features, use_bias=True)(x)
+            return nn.relu(y) if self.relu else y
+        conv = conv(self.features, in_features=self.in_features, out_width=self.out_width)
         scale_init = nn.initializers.zeros if self.zero_init_gamma else nn.initializers.ones
         bn = self.norm(self.features, scale_init=scale_init, name="bn")
         if bn.use_running_average:
@@ -509,6 +591,27 @@ class ConvBN(nn.Module):
         return bn(conv(x), relu=self.relu)
 
 
+def fold_batch_norm(bn: dict, epsilon: float = 1e-5) -> tuple[Array, Array]:
+    """``BatchNorm.affine`` from a BatchNorm's variables ``{'scale', 'bias', 'mean', 'var'}``."""
+    mult = bn["scale"] * lax.rsqrt(bn["var"] + epsilon)
+    return mult, bn["bias"] - bn["mean"] * mult
+
+
+def prepare_convbn(variables: dict, *, pad_in: int = 0, pad_out: int = 0) -> dict:
+    """A ``ConvBN``'s eval variables as ``ConvBN(prepared=True)`` reads them.
+
+    ``variables``: ``{'params': {'conv': {'kernel'}, 'bn': {'scale', 'bias'}},
+    'batch_stats': {'bn': {'mean', 'var'}}}``; returns ``{'conv': {'kernel',
+    'bias'}}`` params, the BatchNorm folded in and ``pad_in``/``pad_out`` zero
+    channels added.
+    """
+    bn = {**variables["params"]["bn"], **variables["batch_stats"]["bn"]}
+    kernel = variables["params"]["conv"]["kernel"]
+    kernel, bias = prepare_weights(kernel, None, fold_batch_norm(bn), pad_in=pad_in,
+                                   pad_out=pad_out)
+    return {"conv": {"kernel": kernel, "bias": bias}}
+
+
 def round_width(width: float, divisor: int = 8, min_width: int = 8) -> int:
     """X3D's channel rounding: the nearest multiple of ``divisor`` (at least 90%)."""
     out = max(min_width, int(width + divisor / 2) // divisor * divisor)
@@ -518,18 +621,35 @@ def round_width(width: float, divisor: int = 8, min_width: int = 8) -> int:
 
 
 class SEModule(nn.Module):
-    """Squeeze-excitation over (T, H, W) with 1x1x1 convs ``fc1`` and ``fc2``."""
+    """Squeeze-excitation over (T, H, W) with 1x1x1 convs ``fc1`` and ``fc2``.
+
+    ``prepared``: the kernels are zero padded to ``x``'s channels already
+    (``prepare_se``).
+    """
 
     channels: int
     reduction: float = 1.0 / 16
+    prepared: bool = False
+    tuning: Tuning = DEFAULT
     dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """Reweighted ``x``; zero channels after the first ``channels`` stay zero."""
         hidden = round_width(self.channels * self.reduction)
-        conv = partial(Conv, kind="pointwise", use_bias=True, dtype=self.dtype)
+        conv = partial(Conv, kind="pointwise", use_bias=True, tuning=self.tuning, dtype=self.dtype)
         s = jnp.mean(x.astype(stats_dtype(x)), axis=(1, 2, 3), keepdims=True).astype(x.dtype)
-        s = nn.relu(conv(hidden, in_features=self.channels, name="fc1")(s))
-        s = nn.sigmoid(conv(self.channels, out_width=x.shape[-1], name="fc2")(s))
-        return x * s
+        if self.prepared:
+            fc1, fc2 = conv(hidden, name="fc1"), conv(x.shape[-1], name="fc2")
+        else:
+            fc1 = conv(hidden, in_features=self.channels, name="fc1")
+            fc2 = conv(self.channels, out_width=x.shape[-1], name="fc2")
+        return x * nn.sigmoid(fc2(nn.relu(fc1(s))))
+
+
+def prepare_se(params: dict, *, pad: int = 0) -> dict:
+    """An ``SEModule``'s params as ``SEModule(prepared=True)`` reads them: ``pad`` zero channels."""
+    fc1, fc2 = params["fc1"], params["fc2"]
+    k1, b1 = prepare_weights(fc1["kernel"], fc1["bias"], pad_in=pad)
+    k2, b2 = prepare_weights(fc2["kernel"], fc2["bias"], pad_out=pad)
+    return {"fc1": {"kernel": k1, "bias": b1}, "fc2": {"kernel": k2, "bias": b2}}

@@ -15,10 +15,12 @@ from epam_jax.attention import (
 )
 from epam_jax.layers import stats_dtype
 from epam_jax.streams import X3DTemporalShift, X3DTemporalShiftPose, check_clip
+from epam_jax.tuning import Tuning
 
 Array = jax.Array
 Dtype = Any
 
+DEFAULT = Tuning()
 FUSIONS = ("multiply", "residual")
 STREAMS = ("rgb", "pose")
 
@@ -99,6 +101,7 @@ def make_stream(
     dtype: Dtype,
     remat: bool | tuple[str, ...],
     bn_axis_name: str | None,
+    tuning: Tuning = DEFAULT,
     name: str | None = None,
 ):
     """The RGB or pose X-ShiftNet stream (``name`` only outside ``setup``)."""
@@ -106,14 +109,16 @@ def make_stream(
         raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
     cls = X3DTemporalShift if stream == "rgb" else X3DTemporalShiftPose
     remat = stream_remat(remat, stream)
-    return cls(dtype=dtype, remat=remat, bn_axis_name=bn_axis_name, name=name)
+    return cls(dtype=dtype, remat=remat, bn_axis_name=bn_axis_name, tuning=tuning, name=name)
 
 
-def make_attention(attention_type: str, *, dtype: Dtype, bn_axis_name: str | None):
+def make_attention(
+    attention_type: str, *, dtype: Dtype, bn_axis_name: str | None, tuning: Tuning = DEFAULT
+):
     if attention_type == "CBAM_spatial_efficient_temporal":
-        return CBAMSpatialEfficientTemporal(bn_axis_name=bn_axis_name, dtype=dtype)
+        return CBAMSpatialEfficientTemporal(bn_axis_name=bn_axis_name, tuning=tuning, dtype=dtype)
     if attention_type == "spatial_temporal":
-        return SpatialTemporalAttention(dtype=dtype)
+        return SpatialTemporalAttention(tuning=tuning, dtype=dtype)
     raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
 
 
@@ -126,14 +131,18 @@ class _TwoStream(nn.Module):
     remat: bool | tuple[str, ...] = False
     bn_axis_name: str | None = None
     dtype: Dtype = jnp.float32
-    eval_chunk: int | None = None
+    tuning: Tuning = DEFAULT
 
     def setup(self):
-        kw = dict(dtype=self.dtype, remat=self.remat, bn_axis_name=self.bn_axis_name)
+        if not isinstance(self.tuning, Tuning):
+            raise TypeError(f"tuning must be an epam_jax.Tuning, got {self.tuning!r}")
+        kw = dict(dtype=self.dtype, remat=self.remat, bn_axis_name=self.bn_axis_name,
+                  tuning=self.tuning)
         self.rgb_backbone = make_stream("rgb", **kw)
         self.pose_backbone = make_stream("pose", **kw)
         self.attention_module = make_attention(
-            self.attention_type, dtype=self.dtype, bn_axis_name=self.bn_axis_name
+            self.attention_type, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+            tuning=self.tuning,
         )
 
     def check_inputs(self, rgb: Array, pose: Array) -> int:
@@ -161,18 +170,8 @@ class _TwoStream(nn.Module):
         return t_pose // t_rgb
 
     def eval_chunk_size(self, batch: int) -> int:
-        """Clips per step of the eval loop over the batch (``batch``: all at once).
-
-        ``eval_chunk=None`` picks per backend: one clip at a time on CPU, where a
-        clip's activations stay in cache (batch 4 on a 2-core CPU: 4.18 -> 4.94
-        clips/s), the whole batch elsewhere. Eval statistics are per clip, so the
-        numbers do not change. 0 means the whole batch.
-        """
-        chunk = self.eval_chunk
-        if chunk is None:
-            chunk = 1 if jax.default_backend() == "cpu" else 0
-        if not isinstance(chunk, int) or chunk < 0:
-            raise ValueError(f"eval_chunk must be None or an int >= 0, got {chunk!r}")
+        """Clips per step of the eval loop over the batch: ``tuning.eval_chunk`` (0: all)."""
+        chunk = self.tuning.eval_chunk
         return batch if chunk == 0 else min(chunk, batch)
 
     def features(self, rgb: Array, pose: Array, train: bool) -> tuple[Array, Array, Array]:
@@ -258,9 +257,9 @@ class EPAMBackbone(_TwoStream):
     ``(rgb_features * attention, pose_features)``, shapes (N, 16, 7, 7, 432)
     and (N, 48, 7, 7, 216), plus the (N, 16, 7, 7, 1) attention map when asked.
     ``fusion='residual'`` gives ``rgb + rgb * attention`` (what EPAM-Net's RGB
-    head sees). ``num_classes`` does not change the features. ``eval_chunk``:
-    clips per step of the eval loop over the batch (see ``eval_chunk_size``);
-    set 0 when a jitted batch is split over several devices.
+    head sees). ``num_classes`` does not change the features. ``tuning``: how
+    the layers are written for a platform (``epam_jax.Tuning``; the default
+    suits a plain ``jax.jit`` on CPU and runs everywhere).
     """
 
     num_classes: int = 60
@@ -337,6 +336,7 @@ class SingleStreamNet(nn.Module):
     remat: bool | tuple[str, ...] = False
     bn_axis_name: str | None = None
     dtype: Dtype = jnp.float32
+    tuning: Tuning = DEFAULT
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
@@ -345,6 +345,7 @@ class SingleStreamNet(nn.Module):
             dtype=self.dtype,
             remat=self.remat,
             bn_axis_name=self.bn_axis_name,
+            tuning=self.tuning,
             name=f"{self.stream}_backbone",
         )
         head = I3DHead(

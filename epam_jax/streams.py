@@ -15,16 +15,16 @@ from epam_jax.layers import (
     SEModule,
     materialize,
     padded_width,
+    prepare_convbn,
+    prepare_se,
     swish,
     temporal_shift,
 )
+from epam_jax.tuning import Tuning
 
 Array = jax.Array
 Dtype = Any
-
-
-# In eval on CPU the bottleneck channels are zero-padded to a multiple of this (X3DStage).
-EVAL_CHANNEL_MULTIPLE = 8
+DEFAULT = Tuning()
 
 
 def check_clip(x: Array, channels: int, what: str) -> None:
@@ -58,7 +58,8 @@ class BlockX3D(nn.Module):
     """X3D bottleneck with a temporal shift on its input (the residual is unshifted).
 
     ``width`` (eval only, default ``planes``) runs the bottleneck on that many
-    channels, the ones beyond ``planes`` zero: see ``X3DStage``.
+    channels, the ones beyond ``planes`` zero: see ``X3DStage``. ``prepared``
+    (eval only): the variables are ``prepare_block``'s.
     """
 
     planes: int
@@ -68,12 +69,16 @@ class BlockX3D(nn.Module):
     use_se: bool = False
     fold_div: int = 8
     width: int | None = None
+    prepared: bool = False
+    tuning: Tuning = DEFAULT
     dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        convbn = partial(ConvBN, norm=self.norm, dtype=self.dtype)
+        convbn = partial(ConvBN, norm=self.norm, prepared=self.prepared, tuning=self.tuning,
+                         dtype=self.dtype)
         planes, width = self.planes, self.width or self.planes
+        barrier = self.tuning.barriers
         out = temporal_shift(x, self.fold_div)
         out = convbn(planes, relu=True, out_width=width, name="conv1")(out)
         out = convbn(
@@ -86,8 +91,10 @@ class BlockX3D(nn.Module):
             name="conv2",
         )(out)
         if self.use_se:  # read twice (squeeze, excite): one buffer, not two computations
-            out = SEModule(planes, dtype=self.dtype, name="se_module")(materialize(out))
-        out = swish(out)
+            se = SEModule(planes, prepared=self.prepared, tuning=self.tuning, dtype=self.dtype,
+                          name="se_module")
+            out = se(materialize(out, barrier))
+        out = swish(out, self.tuning.custom_gradients)
         out = convbn(self.out_channels, zero_init_gamma=True, in_features=planes, name="conv3")(
             out
         )
@@ -95,19 +102,48 @@ class BlockX3D(nn.Module):
             identity = convbn(self.out_channels, stride=self.stride, name="downsample")(x)
         else:
             identity = x.astype(out.dtype)
-        return materialize(nn.relu(out + identity))
+        return materialize(nn.relu(out + identity), barrier)
+
+
+def prepare_block(variables: dict, *, planes: int, width: int, use_se: bool) -> dict:
+    """A stride-1 ``BlockX3D``'s eval variables as ``BlockX3D(prepared=True)`` reads them.
+
+    BatchNorm folded into each convolution, the bottleneck padded from
+    ``planes`` to ``width`` channels; returns the params (there are no more
+    batch statistics).
+    """
+    def convbn(name: str, **pad: int) -> dict:
+        sub = {c: variables[c][name] for c in ("params", "batch_stats")}
+        return prepare_convbn(sub, **pad)["conv"]
+
+    pad = width - planes
+    params = {
+        "conv1": {"conv": convbn("conv1", pad_out=pad)},
+        "conv2": {"conv": convbn("conv2", pad_out=pad)},
+        "conv3": {"conv": convbn("conv3", pad_in=pad)},
+    }
+    if use_se:
+        params["se_module"] = prepare_se(variables["params"]["se_module"], pad=pad)
+    return params
 
 
 class X3DStage(nn.Module):
     """``num_blocks`` BlockX3D named '0', '1', ...; SE on the even ones.
 
-    ``train`` is positional so the stage can be wrapped by ``nn.remat``. In eval
-    on CPU the bottleneck's channels are padded with zeros to a multiple of
-    ``EVAL_CHANNEL_MULTIPLE`` (54 -> 56, 108 -> 112): XLA:CPU's fused
-    elementwise loops slow down on a channel axis that is not a whole number of
-    vectors (eval at batch 1 on a 2-core CPU: 185 -> 170-175 ms). The outputs
-    are unchanged; training gained nothing (2.05 vs 2.04 s a step at batch 2)
-    and runs unpadded.
+    ``train`` is positional so the stage can be wrapped by ``nn.remat``. The
+    ``tuning`` decides how the blocks run (the variables are the same):
+
+    - ``scan_blocks``: block 0 (strided, with the downsample) runs alone, then
+      blocks (1, 2), (3, 4), ... as one ``lax.scan`` over pairs, their
+      variables stacked; in eval, over ``prepare_block``'s folded weights,
+      prepared for all blocks before the loop. Without it every block is
+      unrolled.
+    - ``eval_channel_multiple``: in eval the bottleneck's channels are padded
+      with zeros to a multiple of it (54 -> 56, 108 -> 112): XLA:CPU's fused
+      elementwise loops slow down on a channel axis that is not a whole number
+      of vectors (eval at batch 1 on a 2-core CPU: 185 -> 170-175 ms). The
+      outputs are unchanged; training gained nothing (2.05 vs 2.04 s a step at
+      batch 2) and runs unpadded.
     """
 
     num_blocks: int
@@ -116,26 +152,68 @@ class X3DStage(nn.Module):
     stride: int = 2
     fold_div: int = 8
     bn_axis_name: str | None = None
+    tuning: Tuning = DEFAULT
     dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        norm = partial(BatchNorm, use_running_average=not train, axis_name=self.bn_axis_name)
+        norm = partial(BatchNorm, use_running_average=not train, axis_name=self.bn_axis_name,
+                       custom_gradient=self.tuning.custom_gradients)
         width = self.planes
-        if not train and jax.default_backend() == "cpu":
-            width = padded_width(self.planes, EVAL_CHANNEL_MULTIPLE)
-        for j in range(self.num_blocks):
-            x = BlockX3D(
-                self.planes,
-                self.out_channels,
-                norm=norm,
-                stride=self.stride if j == 0 else 1,
-                use_se=j % 2 == 0,
-                fold_div=self.fold_div,
-                width=width,
-                dtype=self.dtype,
-                name=str(j),
-            )(x)
+        if not train:
+            width = padded_width(self.planes, self.tuning.eval_channel_multiple)
+        block = partial(BlockX3D, self.planes, self.out_channels, norm=norm,
+                        fold_div=self.fold_div, width=width, tuning=self.tuning,
+                        dtype=self.dtype)
+        x = block(stride=self.stride, use_se=True, name="0")(x)
+        pairs = (self.num_blocks - 1) // 2
+        if self.tuning.scan_blocks and pairs and not self.is_initializing():
+            x = self._scan_pairs(x, block, pairs, width, train)
+            first = 2 * pairs + 1
+        else:
+            first = 1
+        for j in range(first, self.num_blocks):
+            x = block(use_se=j % 2 == 0, name=str(j))(x)
+        return x
+
+    def _scan_pairs(self, x: Array, block: Any, pairs: int, width: int, train: bool) -> Array:
+        """Blocks 1 .. 2 * pairs as one ``lax.scan`` over (no SE, SE) pairs of blocks."""
+        collections = ("params", "batch_stats")
+        variables = self.variables
+
+        def stacked(first: int) -> dict:
+            trees = [{c: variables[c][str(j)] for c in collections}
+                     for j in range(first, 2 * pairs + 1, 2)]
+            return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+
+        odd, even = stacked(1), stacked(2)  # blocks 1, 3, ... and 2, 4, ...
+        if not train:
+            prep = partial(prepare_block, planes=self.planes, width=width)
+            odd = {"params": jax.vmap(partial(prep, use_se=False))(odd)}
+            even = {"params": jax.vmap(partial(prep, use_se=True))(even)}
+        plain = block(use_se=False, prepared=not train, parent=None)
+        with_se = block(use_se=True, prepared=not train, parent=None)
+
+        def body(carry: tuple[Array, dict, dict], _) -> tuple[Any, Any]:
+            # The pair's variables are the first of the stacks, which rotate by one each step:
+            # a dynamic index into them would be recomputed inside every element's loop.
+            h, odd, even = carry
+            v_odd, v_even = (jax.tree_util.tree_map(lambda a: a[0], t) for t in (odd, even))
+            odd, even = (jax.tree_util.tree_map(lambda a: jnp.roll(a, -1, axis=0), t)
+                         for t in (odd, even))
+            if not train:
+                return (with_se.apply(v_even, plain.apply(v_odd, h)), odd, even), None
+            h, new_odd = plain.apply(v_odd, h, mutable=["batch_stats"])
+            h, new_even = with_se.apply(v_even, h, mutable=["batch_stats"])
+            return (h, odd, even), (new_odd["batch_stats"], new_even["batch_stats"])
+
+        (x, _, _), stats = jax.lax.scan(body, (x, odd, even), length=pairs)
+        if train:
+            for k in range(pairs):
+                for parity, first in ((0, 1), (1, 2)):
+                    value = jax.tree_util.tree_map(partial(jnp.take, indices=k, axis=0),
+                                                   stats[parity])
+                    self.put_variable("batch_stats", str(first + 2 * k), value)
         return x
 
 
@@ -158,6 +236,7 @@ class X3DStream(nn.Module):
     bottleneck_factor: float = 2.25
     remat: bool | tuple[str, ...] = False
     bn_axis_name: str | None = None
+    tuning: Tuning = DEFAULT
     dtype: Dtype | None = None
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
@@ -170,15 +249,14 @@ class X3DStream(nn.Module):
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         check_clip(x, self.in_channels, f"{type(self).__name__} input")
         dtype = self.dtype or jnp.float32
-        norm = partial(BatchNorm, use_running_average=not train, axis_name=self.bn_axis_name)
-        x = ConvBN(
+        norm = partial(BatchNorm, use_running_average=not train, axis_name=self.bn_axis_name,
+                       custom_gradient=self.tuning.custom_gradients)
+        convbn = partial(ConvBN, norm=norm, relu=True, tuning=self.tuning, dtype=dtype)
+        x = convbn(
             self.stage_widths[0],
-            norm=norm,
             kind="spatial",
             kernel_size=3,
             stride=self.stem_stride,
-            relu=True,
-            dtype=dtype,
             name="conv1_s",
         )(x.astype(dtype))
         names = [f"layer{i}" for i in range(1, len(self.stage_blocks) + 1)]
@@ -202,10 +280,11 @@ class X3DStream(nn.Module):
                 stride=2,
                 fold_div=self.fold_div,
                 bn_axis_name=self.bn_axis_name,
+                tuning=self.tuning,
                 dtype=dtype,
                 name=f"layer{i}",
             )(x, train)
-        return ConvBN(self.head_channels, norm=norm, relu=True, dtype=dtype, name="conv5")(x)
+        return convbn(self.head_channels, name="conv5")(x)
 
 
 class X3DTemporalShift(X3DStream):

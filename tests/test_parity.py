@@ -2,7 +2,9 @@
 
 Weights, BatchNorm statistics and residual gammas are all random and non-zero
 (the original's zero-init residual would hide errors in the residual branch).
-Relative error is max |torch - flax| / max |torch|.
+Relative error is max |torch - flax| / max |torch|. Every formulation of
+``epam_jax.Tuning`` (each platform's, and the unrolled blocks with barriers)
+runs here on CPU against the same reference.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ torch = pytest.importorskip("torch")
 from converters import torch_to_flax  # noqa: E402
 from converters.convert import build_model, iter_flax_tensors  # noqa: E402
 from converters.reference import build_reference, randomize_  # noqa: E402
+from epam_jax.tuning import PLATFORM_TUNINGS, Tuning  # noqa: E402
 
 ATTENTIONS = ("CBAM_spatial_efficient_temporal", "spatial_temporal")
+CBAM = ATTENTIONS[0]
 TOL = 1e-4
+TUNINGS = {
+    "cpu": PLATFORM_TUNINGS["cpu"],
+    "gpu": PLATFORM_TUNINGS["gpu"],
+    "unrolled": Tuning(scan_blocks=False, barriers=True, eval_channel_multiple=1, eval_chunk=0),
+}
+# each formulation with the paper's attention, the default one with the other too
+CASES = [(CBAM, name) for name in TUNINGS] + [(ATTENTIONS[1], "cpu")]
 
 
 def reference_pair(model: str, seed: int, **kw):
@@ -29,7 +40,7 @@ def reference_pair(model: str, seed: int, **kw):
     return ref, torch_to_flax(ref.state_dict(), model)
 
 
-def check_eval(attention_type: str, side: int, batch: int, seed: int) -> None:
+def check_eval(attention_type: str, side: int, batch: int, seed: int, tuning: Tuning) -> None:
     ref, variables = reference_pair("epam", seed, attention_type=attention_type)
     rgb, pose = random_clips(batch, side, seed=seed)
     rgb_t, pose_t = torch.from_numpy(rgb), torch.from_numpy(pose)
@@ -38,12 +49,12 @@ def check_eval(attention_type: str, side: int, batch: int, seed: int) -> None:
         rgb_feats, pose_feats, attention = ref.extract_feats(rgb_t, pose_t)
     rgb_j, pose_j = ncthw_to_ndhwc(rgb), ncthw_to_ndhwc(pose)
 
-    net = build_model("epam", attention_type=attention_type)
+    net = build_model("epam", attention_type=attention_type, tuning=tuning)
     logits = jax.jit(net.apply)(variables, rgb_j, pose_j)
     assert relative_error(rgb_logits, logits[0]) <= TOL
     assert relative_error(pose_logits, logits[1]) <= TOL
 
-    backbone = build_model("backbone", attention_type=attention_type)
+    backbone = build_model("backbone", attention_type=attention_type, tuning=tuning)
     bvars = {col: {k: v for k, v in tree.items() if not k.endswith("_cls_head")}
              for col, tree in variables.items()}
     fused, pose_out, att = jax.jit(
@@ -57,14 +68,14 @@ def check_eval(attention_type: str, side: int, batch: int, seed: int) -> None:
     assert relative_error(ncthw_to_ndhwc(rgb_feats * attention), fused) <= TOL
 
 
-@pytest.mark.parametrize("attention_type", ATTENTIONS)
-def test_eval_parity_small(attention_type):
-    check_eval(attention_type, side=64, batch=2, seed=1)
+@pytest.mark.parametrize("attention_type, tuning", CASES)
+def test_eval_parity_small(attention_type, tuning):
+    check_eval(attention_type, side=64, batch=3, seed=1, tuning=TUNINGS[tuning])
 
 
 @pytest.mark.slow
 def test_eval_parity_full_size():
-    check_eval("CBAM_spatial_efficient_temporal", side=224, batch=1, seed=2)
+    check_eval(CBAM, side=224, batch=1, seed=2, tuning=Tuning())
 
 
 @pytest.mark.parametrize("stream", ["rgb", "pose"])
@@ -105,10 +116,10 @@ def torch_train_step(attention_type: str, dtype, rgb, pose, labels):
     return variables, loss.item(), logits, grads, (before, running_stats())
 
 
-def flax_train_step(attention_type: str, dtype, variables, rgb, pose, labels):
+def flax_train_step(attention_type: str, dtype, variables, rgb, pose, labels, tuning):
     """The same step in Flax: loss, logits, and gradients + new statistics by torch name."""
     net = build_model("epam", attention_type=attention_type, num_classes=7, dropout_ratio=0.0,
-                      dtype=dtype)
+                      dtype=dtype, tuning=tuning)
     variables = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype), variables)
 
     def loss_fn(params):
@@ -128,8 +139,8 @@ def flax_train_step(attention_type: str, dtype, variables, rgb, pose, labels):
     return float(loss), (np.asarray(rl), np.asarray(pl)), tensors
 
 
-@pytest.mark.parametrize("attention_type", ATTENTIONS)
-def test_train_step_parity(attention_type):
+@pytest.mark.parametrize("attention_type, tuning", [c for c in CASES if c[1] != "unrolled"])
+def test_train_step_parity(attention_type, tuning):
     """Train-mode forward, loss gradients and BatchNorm running statistics after one step.
 
     In float32 the reference's own gradients are off by up to a few percent for
@@ -146,8 +157,9 @@ def test_train_step_parity(attention_type):
     variables, loss, logits, grads32, (before, after) = torch_train_step(
         attention_type, torch.float32, rgb, pose, labels
     )
+    tuning = TUNINGS[tuning]
     jloss, jlogits, jtensors = flax_train_step(
-        attention_type, np.float32, variables, rgb, pose, labels
+        attention_type, np.float32, variables, rgb, pose, labels, tuning
     )
     assert abs(jloss - loss) <= TOL * abs(loss)
     for ref_logits, flax_logits in zip(logits, jlogits, strict=True):
@@ -159,7 +171,7 @@ def test_train_step_parity(attention_type):
     _, loss64, _, grads64, _ = torch_train_step(attention_type, torch.float64, rgb, pose, labels)
     with jax.enable_x64(True):
         jloss64, _, jtensors64 = flax_train_step(
-            attention_type, np.float64, variables, rgb, pose, labels
+            attention_type, np.float64, variables, rgb, pose, labels, tuning
         )
     assert abs(jloss64 - loss64) <= 1e-10 * abs(loss64)
     worst = {k: relative_error(g, jtensors64[k]) for k, g in grads64.items()}

@@ -31,7 +31,6 @@ from epam_jax.train.state import (
     frozen_modules,
     initial_variables,
 )
-from epam_jax.xla_options import compiler_options
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -164,10 +163,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     model = build_model(config.mode, config.data.num_classes, dropout_ratio=m.dropout_ratio,
                         attention_type=m.attention_type, freeze_rgb=m.freeze_rgb,
                         freeze_pose=m.freeze_pose, remat=m.remat, dtype=m.dtype,
-                        bn_axis_name=dp.bn_axis_name,
-                        # a jit batch split over devices is evaluated whole: a loop
-                        # over it would gather every clip onto every device
-                        eval_chunk=0 if dp.parallel == "jit" and dp.num_devices > 1 else None)
+                        bn_axis_name=dp.bn_axis_name, tuning=dp.tuning)
     train_loader, val_loader = make_loaders(config, local_batch, local_eval_batch)
     total_steps, eval_every, ckpt_every = _steps(config, len(train_loader))
 
@@ -351,11 +347,10 @@ def write_attention_picture(config: Any, variables: Mapping, val_loader: Any,
     batch = next(iter(val_loader))
     m = config.model
     model = build_model("epam", config.data.num_classes, attention_type=m.attention_type,
-                        dtype=m.dtype)
+                        dtype=m.dtype, tuning=Tuning.for_devices(jax.local_devices()[:1]))
     rgb, pose = batch["rgb"][:1], batch["heatmap"][:1]
     rgb_logits, pose_logits, attention = jax.jit(
-        lambda v, r, p: model.apply(v, r, p, train=False, return_attention=True),
-        compiler_options=compiler_options())(
+        lambda v, r, p: model.apply(v, r, p, train=False, return_attention=True))(
             variables, rgb, pose)
     predicted = int(np.argmax(np.asarray(rgb_logits + pose_logits)[0]))
     title = f"label {int(batch['label'][0])}, predicted {predicted}"

@@ -21,6 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from epam_jax.tuning import Tuning
+
 from epam_jax.train.step import eval_step, train_step
 from epam_jax.xla_options import compiler_options
 
@@ -92,6 +94,11 @@ class DataParallel:
         return self.devices
 
     @property
+    def tuning(self) -> Tuning:
+        """The models' formulation for these devices (each replica's device under pmap)."""
+        return Tuning.for_devices(self.devices[:1] if self.parallel == "pmap" else self.devices)
+
+    @property
     def bn_axis_name(self) -> str | None:
         """What the model's ``bn_axis_name`` must be in this mode."""
         return PMAP_AXIS if self.parallel == "pmap" else None
@@ -155,7 +162,7 @@ class DataParallel:
         # compiler_options: remat effective on CPU, cuBLAS matrix products on GPU
         return jax.jit(fn, in_shardings=(self.replicated, self.data_sharding),
                        out_shardings=(self.replicated, self.replicated), donate_argnums=(0,),
-                       compiler_options=compiler_options())
+                       compiler_options=compiler_options(self.devices[0].platform))
 
     def eval_step(self, **static: Any) -> Callable:
         """``(state, batch) -> counts`` summed over the global batch."""
@@ -164,4 +171,4 @@ class DataParallel:
             return jax.pmap(fn, axis_name=PMAP_AXIS, devices=self._pmap_devices)
         fn = functools.partial(eval_step, **static)
         return jax.jit(fn, in_shardings=(self.replicated, self.data_sharding),
-                       out_shardings=self.replicated, compiler_options=compiler_options())
+                       out_shardings=self.replicated, compiler_options=compiler_options(self.devices[0].platform))

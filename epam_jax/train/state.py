@@ -15,6 +15,7 @@ import optax
 from flax.training import train_state
 
 from epam_jax.models import EPAMNet, SingleStreamNet, init_variables, parse_remat
+from epam_jax.tuning import Tuning
 
 MODES = ("epam", "rgb", "pose")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -60,21 +61,21 @@ def build_model(
     remat: bool | str | tuple[str, ...] = False,
     dtype: str = "float32",
     bn_axis_name: str | None = None,
-    eval_chunk: int | None = None,
+    tuning: Tuning | None = None,
 ) -> nn.Module:
     """EPAMNet for mode 'epam', else the single stream ``mode`` with its head.
 
-    ``eval_chunk`` is EPAMNet's (clips per step of the eval loop; 0: whole batch).
+    ``tuning``: the models' formulation (default ``Tuning()``, for CPU).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     common = dict(num_classes=num_classes, dropout_ratio=dropout_ratio, remat=parse_remat(remat),
-                  bn_axis_name=bn_axis_name, dtype=DTYPES[dtype])
+                  bn_axis_name=bn_axis_name, dtype=DTYPES[dtype], tuning=tuning or Tuning())
     if mode == "epam":
         return EPAMNet(attention_type=attention_type, freeze_rgb=freeze_rgb,
-                       freeze_pose=freeze_pose, eval_chunk=eval_chunk, **common)
+                       freeze_pose=freeze_pose, **common)
     if freeze_rgb or freeze_pose:
         raise ValueError(f"freeze_rgb/freeze_pose apply to mode 'epam', not {mode!r}")
     return SingleStreamNet(stream=mode, **common)
