@@ -8,6 +8,7 @@ from epam_jax.concurrent_eval import ConcurrentStreams
 from epam_jax.layers import BatchNorm, temporal_shift
 from epam_jax.models import EPAMBackbone, EPAMNet, I3DHead, SingleStreamNet
 from epam_jax.streams import BlockX3D, X3DTemporalShift, X3DTemporalShiftPose
+from epam_jax.tuning import Tuning
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "I3DHead",
     "SingleStreamNet",
     "SpatialTemporalAttention",
+    "Tuning",
     "X3DTemporalShift",
     "X3DTemporalShiftPose",
     "temporal_shift",

@@ -10,6 +10,7 @@ import pytest
 from epam_jax import EPAMBackbone, EPAMNet
 from epam_jax.concurrent_eval import ConcurrentStreams
 from epam_jax.models import variable_shapes
+from epam_jax.tuning import Tuning
 from epam_jax.xla_options import compiler_options
 
 RNG = np.random.default_rng(7)
@@ -42,8 +43,8 @@ def variables():
 
 @pytest.mark.parametrize(
     "model, attention",
-    [(EPAMNet(num_classes=5, eval_chunk=2), True),
-     (EPAMBackbone(fusion="residual", eval_chunk=0), False)],
+    [(EPAMNet(num_classes=5, tuning=Tuning(eval_chunk=2)), True),
+     (EPAMBackbone(fusion="residual", tuning=Tuning(eval_chunk=0)), False)],
     ids=["net-chunked-attention", "backbone-residual"],
 )
 def test_outputs_equal_the_jitted_apply(model, attention, variables):

@@ -11,6 +11,7 @@ import pytest
 from epam_jax import EPAMBackbone, EPAMNet, SingleStreamNet, temporal_shift
 from epam_jax.layers import round_width
 from epam_jax.models import init_variables, variable_shapes
+from epam_jax.tuning import Tuning
 
 RGB = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 32, 32, 3)), jnp.float32)
 POSE = jnp.asarray(np.random.default_rng(1).random((2, 48, 8, 8, 17)), jnp.float32)
@@ -194,8 +195,8 @@ def test_eval_in_chunks_of_clips_gives_the_same_outputs(epam_init):
     rgb = jnp.asarray(rng.standard_normal((3, 16, 32, 32, 3)), jnp.float32)
     pose = jnp.asarray(rng.random((3, 48, 8, 8, 17)), jnp.float32)
 
-    def run(chunk):
-        net = model.clone(eval_chunk=chunk)
+    def run(chunk):  # blocks unrolled, so the only loop is the one over clips
+        net = model.clone(tuning=Tuning(scan_blocks=False, eval_chunk=chunk))
         fn = lambda v, a, b: net.apply(v, a, b, return_attention=True)  # noqa: E731
         loops = "scan" in str(jax.make_jaxpr(fn)(variables, rgb, pose))
         return jax.jit(fn)(variables, rgb, pose), loops
@@ -206,19 +207,15 @@ def test_eval_in_chunks_of_clips_gives_the_same_outputs(epam_init):
     assert loops
     for a, b in zip(outs, whole, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    default = model.clone(eval_chunk=None)
-    jaxpr = str(jax.make_jaxpr(default.apply)(variables, rgb, pose))
-    assert ("scan" in jaxpr) == (jax.default_backend() == "cpu")
-    with pytest.raises(ValueError, match="eval_chunk must be None or an int >= 0"):
-        jax.eval_shape(model.clone(eval_chunk=-1).apply, variables, rgb, pose)
+    assert Tuning().eval_chunk == 1
+    with pytest.raises(ValueError, match="Tuning.eval_chunk must be an int >= 0"):
+        Tuning(eval_chunk=-1)
 
 
-def test_eval_channel_padding_gives_the_same_outputs(epam_init, monkeypatch):
+def test_eval_channel_padding_gives_the_same_outputs(epam_init):
     """In eval on CPU the bottleneck runs 54 -> 56 and 108 -> 112 channels wide, the
     extra ones zero; with random weights and statistics the outputs must not change."""
     import re
-
-    from epam_jax import streams
 
     model, variables = epam_init
     rng = np.random.default_rng(3)
@@ -236,8 +233,8 @@ def test_eval_channel_padding_gives_the_same_outputs(epam_init, monkeypatch):
     pose = jnp.asarray(rng.random((2, 48, 8, 8, 17)), jnp.float32)
 
     def run(multiple):
-        monkeypatch.setattr(streams, "EVAL_CHANNEL_MULTIPLE", multiple)
-        fn = lambda v, a, b: model.apply(v, a, b, return_attention=True)  # noqa: E731  (fresh: no trace cache)
+        net = model.clone(tuning=Tuning(eval_channel_multiple=multiple))
+        fn = lambda v, a, b: net.apply(v, a, b, return_attention=True)  # noqa: E731
         jaxpr = str(jax.make_jaxpr(fn)(variables, rgb, pose))
         widths = set(re.findall(r"f32\[[\d,]*,(\d+)\]", jaxpr))
         return jax.jit(fn)(variables, rgb, pose), widths
@@ -245,7 +242,6 @@ def test_eval_channel_padding_gives_the_same_outputs(epam_init, monkeypatch):
     plain, widths = run(1)
     assert {"54", "108"} <= widths and not {"56", "112"} & widths
     padded, widths = run(8)
-    if jax.default_backend() == "cpu":
-        assert {"56", "112"} <= widths
+    assert {"56", "112"} <= widths
     for a, b in zip(padded, plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ from epam_jax.models import (
     variable_shapes,
 )
 from epam_jax.train.state import build_model
+from epam_jax.tuning import PLATFORM_TUNINGS, Tuning
 from epam_jax.xla_options import KEEP_REMAT_BARRIERS, NO_TRITON_GEMM, compiler_options
 
 # bfloat16 keeps 8 bits of mantissa: one rounding is 2**-9 ~ 2e-3 relative, and
@@ -214,18 +215,19 @@ def test_remat_settings_refuse_what_they_do_not_know(value, message):
         ((1, 1, 8, 8, 2), 1, 2),
     ],
 )
-@pytest.mark.parametrize("chunk_bytes", [None, 1])
-def test_fast_convolutions_equal_xla_convolution(shape, kernel, stride, chunk_bytes, monkeypatch):
-    """The matmul formulations of the dense and depthwise convolutions and their
-    hand-written gradients, on odd shapes; ``chunk_bytes=1`` reduces the depthwise
-    kernel gradient frame by frame."""
+@pytest.mark.parametrize("tuning", [
+    Tuning(),
+    Tuning(kernel_grad_chunk_bytes=1),  # the depthwise kernel gradient frame by frame
+    Tuning(kernel_grad_chunk_bytes=0),  # ... over the whole tensor at once
+    Tuning(custom_gradients=False),
+    PLATFORM_TUNINGS["gpu"],
+], ids=["default", "chunk1", "chunk0", "autodiff", "gpu"])
+def test_fast_convolutions_equal_xla_convolution(shape, kernel, stride, tuning):
+    """Every formulation of the dense, depthwise and pointwise convolutions and of
+    their gradients, on odd shapes, against XLA's convolution at full precision."""
     from jax import lax
 
-    from epam_jax import layers
     from epam_jax.layers import depthwise_conv, pointwise_conv, spatial_conv
-
-    if chunk_bytes is not None:
-        monkeypatch.setattr(layers, "KERNEL_GRAD_CHUNK_BYTES", chunk_bytes)
 
     rng = np.random.default_rng(9)
     n, t, h, w, c = shape
@@ -250,11 +252,12 @@ def test_fast_convolutions_equal_xla_convolution(shape, kernel, stride, chunk_by
             assert relative_error(grad_ref, grad) <= 1e-5
 
     dense = rng.standard_normal((1, kernel, kernel, c, 6)).astype(np.float32)
-    check(lambda x, k: spatial_conv(x, k, stride), xla_conv, dense)
+    check(lambda x, k: spatial_conv(x, k, stride, tuning=tuning), xla_conv, dense)
     depthwise = rng.standard_normal((1, kernel, kernel, 1, c)).astype(np.float32)
-    check(lambda x, k: depthwise_conv(x, k, stride), lambda x, k: xla_conv(x, k, c), depthwise)
+    check(lambda x, k: depthwise_conv(x, k, stride, tuning=tuning),
+          lambda x, k: xla_conv(x, k, c), depthwise)
     if kernel == 1:
-        check(lambda x, k: pointwise_conv(x, k, stride), xla_conv, dense)
+        check(lambda x, k: pointwise_conv(x, k, stride, tuning=tuning), xla_conv, dense)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

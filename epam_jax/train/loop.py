@@ -31,6 +31,7 @@ from epam_jax.train.state import (
     frozen_modules,
     initial_variables,
 )
+from epam_jax.tuning import Tuning
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -21,9 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from epam_jax.tuning import Tuning
-
 from epam_jax.train.step import eval_step, train_step
+from epam_jax.tuning import Tuning
 from epam_jax.xla_options import compiler_options
 
 PARALLEL_MODES = ("jit", "pmap")
@@ -92,6 +91,10 @@ class DataParallel:
         if jax.process_count() > 1:
             raise ValueError("pmap over a subset of devices needs a single process")
         return self.devices
+
+    def _options(self) -> dict[str, Any] | None:
+        """``jax.jit``'s compiler options for these devices (pmap takes none)."""
+        return compiler_options(self.devices[0].platform)
 
     @property
     def tuning(self) -> Tuning:
@@ -162,7 +165,7 @@ class DataParallel:
         # compiler_options: remat effective on CPU, cuBLAS matrix products on GPU
         return jax.jit(fn, in_shardings=(self.replicated, self.data_sharding),
                        out_shardings=(self.replicated, self.replicated), donate_argnums=(0,),
-                       compiler_options=compiler_options(self.devices[0].platform))
+                       compiler_options=self._options())
 
     def eval_step(self, **static: Any) -> Callable:
         """``(state, batch) -> counts`` summed over the global batch."""
@@ -171,4 +174,4 @@ class DataParallel:
             return jax.pmap(fn, axis_name=PMAP_AXIS, devices=self._pmap_devices)
         fn = functools.partial(eval_step, **static)
         return jax.jit(fn, in_shardings=(self.replicated, self.data_sharding),
-                       out_shardings=self.replicated, compiler_options=compiler_options(self.devices[0].platform))
+                       out_shardings=self.replicated, compiler_options=self._options())
