@@ -3,9 +3,10 @@
     python -m benchmarks.merge RUN.json [RUN.json ...] [--json MERGED.json]
 
 For runs of the same machine made in parts (one framework, or some batches, at
-a time). Per configuration (framework, mode, batch, dtype and PyTorch's device
-and threads) the fastest successful measurement is kept; a failure counts only
-where no run of that configuration succeeded. The files must come from one
+a time). Per configuration (framework, mode, batch, dtype, JAX's runner, tuning
+and allocator, PyTorch's device, threads and allocator) the fastest successful
+measurement is kept; a failure counts only where no run of that configuration
+succeeded. The files must come from one
 kind of machine: their JAX devices and CPU are checked to agree.
 """
 
@@ -15,12 +16,15 @@ import argparse
 import json
 from typing import Any
 
-from benchmarks.run import output_agreement, summarize
+from benchmarks.run import allocator_of, jax_label, output_agreement, summarize
 
 
 def _key(r: dict[str, Any]) -> tuple:
-    torch_where = (r.get("device"), r.get("threads")) if r["framework"] == "torch" else ()
-    return (r["framework"], r["mode"], r["batch"], r["dtype"], *torch_where)
+    if r["framework"] == "torch":
+        where = (r.get("device"), r.get("threads"), allocator_of(r))
+    else:
+        where = (jax_label(r),)
+    return (r["framework"], r["mode"], r["batch"], r["dtype"], *where)
 
 
 def merge(reports: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     machine = reports[0]["machine"]
     print(f"{', '.join(machine['jax_devices'])}; jax {machine['jax']}, torch {machine['torch']}")
     print("Throughput in clips/s (best over the runs); speedup = JAX / best PyTorch in the "
-          "same dtype; GB: device peak where a GPU ran, else peak RSS; per dtype")
+          "same dtype and allocator; GB: device peak where a GPU ran, else peak RSS")
     print(table)
     agreement = output_agreement(results)
     if agreement is not None:

@@ -2,7 +2,8 @@
 
     python -m benchmarks.run [--quick] [--json PATH] [--eval-batches 1,4,16]
                              [--train-batches 2,8] [--dtypes float32,bfloat16]
-                             [--torch-threads auto] [--allocator auto]
+                             [--torch-threads auto] [--allocator auto|default|tuned|both]
+                             [--jax-runners jit,jit+options,concurrent] [--tuning default]
 
 One run measures, on the same weights and the same clips (16x224x224 RGB and
 48x56x56x17 pose heatmaps): eval throughput, train-step throughput (forward,
@@ -15,14 +16,24 @@ also records how busy the rest of the machine was.
 
 ``--torch-threads auto`` times PyTorch eval at the first batch with 1 and with
 2 threads and uses the faster count for the other PyTorch configurations.
-``--allocator tuned`` (the default where JAX runs on the CPU) runs both
-frameworks with glibc malloc kept from returning memory to the kernel
-(``MALLOC_*`` variables below) and with transparent huge pages for its heap:
-both free and re-allocate buffers of tens of MB every call, and re-faulting
-those pages costs about as much as the arithmetic on a small VM. The heap is
-never trimmed: with a 16 GB trim threshold the JAX train step at batch 8
-(19.7 GB of buffers) gave its pages back and re-faulted them every step (17.6 s
-a step against 9.2 s). ``default`` leaves the environment alone.
+The default measures the default path first: JAX eval through a plain
+``jax.jit(model.apply)`` (no compiler options) of ``EPAMNet(tuning=Tuning())``
+and glibc's default allocator, beside PyTorch at its best thread count. Every
+opt-in is its own labelled row, at the first two eval batches only:
+``jit+options`` (jitted with ``epam_jax.xla_options.compiler_options()``),
+``concurrent`` (``epam_jax.concurrent_eval.ConcurrentStreams``) and, with
+``--allocator both`` (the default where JAX runs on the CPU), the fastest JAX
+runner and PyTorch again with the tuned allocator: glibc malloc kept from
+returning memory to the kernel (``TUNED_MALLOC``) and transparent huge pages for
+its heap. Both frameworks free and re-allocate buffers of tens of MB every
+call, and re-faulting those pages costs about as much as the arithmetic on a
+small VM. The heap is never trimmed: with a 16 GB trim threshold the JAX train
+step at batch 8 (19.7 GB of buffers) gave its pages back and re-faulted them
+every step (17.6 s a step against 9.2 s). ``--allocator tuned`` runs every
+configuration with it, ``default`` none. Each JAX row's speedup is against
+PyTorch under the same allocator. The train step always compiles with
+``compiler_options()`` (its remat needs them) and dispatches synchronously on
+the CPU.
 
 On a GPU, PyTorch runs there too (``--torch-device auto``), in float32 and in
 bfloat16 autocast beside JAX's two dtypes, and memory is the device's peak
@@ -131,10 +142,12 @@ def run_config(
     ]
     if config["framework"] == "torch":
         cmd += ["--threads", str(config.get("threads", 0)), "--device", config["device"]]
-    elif config["mode"] == "train":
-        cmd += ["--remat", config.get("remat", "auto")] + (["--plan"] if plan else [])
     else:
-        cmd += ["--runner", config.get("runner", "jit")]
+        cmd += ["--tuning", config.get("tuning_choice", "default")]
+        if config.get("runner"):
+            cmd += ["--runner", config["runner"]]
+        if config["mode"] == "train":
+            cmd += ["--remat", config.get("remat", "auto")] + (["--plan"] if plan else [])
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -157,12 +170,37 @@ def _short(dtype: str) -> str:
     return "bf16" if dtype == "bfloat16" else "fp32"
 
 
+def allocator_of(r: dict[str, Any]) -> str:
+    """'default' or 'tuned': the allocator a result ran with."""
+    return "tuned" if r.get("allocator") == "tuned" else "default"
+
+
+def _runner(r: dict[str, Any]) -> str:
+    return r.get("runner") or ("jit" if r["mode"] == "eval" else "jit+options")
+
+
+def jax_label(r: dict[str, Any]) -> str:
+    """A JAX configuration's row label: 'jax jit (default)' is the plain path (a bare
+    ``jax.jit(model.apply)``, ``Tuning()``, glibc's default allocator); every opt-in is
+    named."""
+    runner = _runner(r)
+    tuning = r.get("tuning_choice", r.get("tuning_name", "default"))
+    parts = [f"jax {runner}"]
+    if tuning == "devices":
+        parts.append("Tuning.for_devices")
+    if allocator_of(r) == "tuned":
+        parts.append("tuned malloc")
+    if len(parts) == 1 and runner == "jit":
+        return "jax jit (default)"
+    return ", ".join(parts)
+
+
 def _label(r: dict[str, Any]) -> str:
     if r["framework"] == "torch":
         where = f"{r['threads']}T" if r["device"] == "cpu" else "cuda"
-        return f"torch {_short(r['dtype'])} {where}"
-    streams = " streams" if r.get("runner") == "concurrent" else ""
-    return f"jax {_short(r['dtype'])}{streams}"
+        malloc = ", tuned malloc" if allocator_of(r) == "tuned" else ""
+        return f"torch {_short(r['dtype'])} {where}{malloc}"
+    return f"{jax_label(r)} {_short(r['dtype'])}"
 
 
 def _fmt_rate(r: dict[str, Any] | None) -> str:
@@ -173,7 +211,7 @@ def _fmt_rate(r: dict[str, Any] | None) -> str:
     remat = r.get("remat")
     notes = [n for n, on in (("remat all", remat is True),
                              ("remat first", isinstance(remat, list)),
-                             ("malloc", "allocator" in r)) if on]
+                             ("default malloc", "allocator_note" in r)) if on]
     if r["framework"] == "torch" and r["device"] == "cpu":
         notes.append(f"{r['threads']}T")
     return f"{r['clips_per_s']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
@@ -188,57 +226,63 @@ def _speedup(jax_run: dict[str, Any] | None, torch_run: dict[str, Any] | None) -
 
 def _memory(r: dict[str, Any] | None) -> str:
     """GB: the device's peak where the run used a GPU, else the process's peak RSS."""
-    if r is None:
+    if r is None or "error" in r:
         return "-"
     value = r.get("device_peak_bytes", r.get("peak_rss_bytes"))
     return "-" if value is None else f"{value / 2**30:.2f}"
 
 
+_RUNNER_ORDER = {"jit": 0, "jit+options": 1, "concurrent": 2}
+
+
+def _jax_order(r: dict[str, Any]) -> tuple:
+    return (allocator_of(r) == "tuned", r.get("tuning_choice") == "devices",
+            _RUNNER_ORDER.get(_runner(r), 9))
+
+
 def summarize(results: list[dict[str, Any]], dtypes: list[str]) -> tuple[str, list[dict]]:
-    """The side-by-side table and its rows: per dtype JAX, the best PyTorch run in that
-    dtype, and their ratio (speedup = JAX / PyTorch)."""
+    """The side-by-side table and its rows: one row per JAX configuration (mode, batch,
+    dtype, runner, tuning, allocator), beside the best PyTorch run (over thread counts)
+    in the same mode, batch, dtype and allocator; speedup = JAX / that PyTorch. The
+    default path ('jax jit (default)') comes first, then each opt-in."""
     rows = []
     keys = sorted({(r["mode"], r["batch"]) for r in results}, key=lambda k: (k[0] != "eval", k))
     for mode, batch in keys:
         group = [r for r in results if r["mode"] == mode and r["batch"] == batch]
-        row: dict[str, Any] = {"mode": mode, "batch": batch, "jax": {}, "torch": {}}
-        row["concurrent"] = {}
         for dtype in dtypes:
-            jax_runs = [r for r in group if r["framework"] == "jax" and r["dtype"] == dtype]
-            row["jax"][dtype] = next((r for r in jax_runs if r.get("runner") != "concurrent"),
-                                     None)
-            row["concurrent"][dtype] = next(
-                (r for r in jax_runs if r.get("runner") == "concurrent"), None
-            )
-            torch_runs = [r for r in group if r["framework"] == "torch" and r["dtype"] == dtype]
-            torch_ok = [r for r in torch_runs if "error" not in r]
-            row["torch"][dtype] = max(torch_ok, key=lambda r: r["clips_per_s"],
-                                      default=torch_runs[0] if torch_runs else None)
-        row["torch_all"] = [r for r in group if r["framework"] == "torch"]
-        rows.append(row)
-    streams = any(row["concurrent"][d] for row in rows for d in dtypes)
-    head = ["mode", "batch"]
-    for dtype in dtypes:
-        head += [f"jax {_short(dtype)}", f"torch {_short(dtype)}", "speedup"]
-        head += [f"jax {_short(dtype)} streams", "speedup"] if streams else []
-    head += ["jax compile s", "jax GB", "torch GB"]
+            same = [r for r in group if r.get("dtype", "float32") == dtype]
+            best_torch: dict[str, dict | None] = {}
+            for alloc in ("default", "tuned"):
+                runs = [r for r in same if r["framework"] == "torch" and allocator_of(r) == alloc]
+                ok = [r for r in runs if "error" not in r]
+                best_torch[alloc] = max(ok, key=lambda r: r["clips_per_s"],
+                                        default=runs[0] if runs else None)
+            jax_runs = sorted((r for r in same if r["framework"] == "jax"), key=_jax_order)
+            for r in jax_runs:
+                tr = best_torch[allocator_of(r)]
+                rows.append({"mode": mode, "batch": batch, "dtype": dtype,
+                             "config": jax_label(r), "jax": r, "torch": tr,
+                             "speedup": _speedup(r, tr)})
+            for alloc, tr in best_torch.items():  # PyTorch without a JAX row beside it
+                if tr is not None and not any(allocator_of(r) == alloc for r in jax_runs):
+                    rows.append({"mode": mode, "batch": batch, "dtype": dtype,
+                                 "config": "-" if alloc == "default" else "- (tuned malloc)",
+                                 "jax": None, "torch": tr, "speedup": "-"})
+    head = ["mode", "batch", "dtype", "configuration", "jax clips/s", "torch clips/s",
+            "speedup", "jax compile s", "jax GB", "torch GB"]
     lines = [head]
     for row in rows:
-        line = [row["mode"], str(row["batch"])]
-        for dtype in dtypes:
-            jr, tr = row["jax"][dtype], row["torch"][dtype]
-            line += [_fmt_rate(jr), _fmt_rate(tr), _speedup(jr, tr)]
-            if streams:
-                cr = row["concurrent"][dtype]
-                line += [_fmt_rate(cr), _speedup(cr, tr)]
-        jax_runs = [row["jax"][d] for d in dtypes]
-        line.append("/".join(f"{r['compile_s']:.1f}" if r and "compile_s" in r else "-"
-                             for r in jax_runs))
-        line.append("/".join(_memory(r) for r in jax_runs))
-        line.append("/".join(_memory(row["torch"][d]) for d in dtypes))
-        lines.append(line)
+        jr = row["jax"]
+        compile_s = f"{jr['compile_s']:.1f}" if jr and "compile_s" in jr else "-"
+        lines.append([row["mode"], str(row["batch"]), _short(row["dtype"]), row["config"],
+                      _fmt_rate(jr), _fmt_rate(row["torch"]), row["speedup"], compile_s,
+                      _memory(jr), _memory(row["torch"])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    text = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    text = []
+    for line in lines:
+        cells = [c.ljust(w) if i == 3 else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        text.append("  ".join(cells))
     text.insert(1, "-" * len(text[0]))
     return "\n".join(text), rows
 
@@ -311,14 +355,27 @@ def main(argv: list[str] | None = None) -> None:
         "--jax-runners",
         type=_csv(str),
         default=None,
-        help="JAX eval through 'jit' (jax.jit(model.apply)) and/or 'concurrent' "
-        "(epam_jax.concurrent_eval.ConcurrentStreams); default both on CPU, jit elsewhere",
+        help="JAX eval through 'jit' (a plain jax.jit(model.apply), no compiler options: the "
+        "default path), 'jit+options' (jitted with epam_jax.xla_options.compiler_options()) "
+        "and/or 'concurrent' (epam_jax.concurrent_eval.ConcurrentStreams); the first runs at "
+        "every eval batch, the others (opt-ins) at the first two; default all three on CPU, "
+        "jit,jit+options elsewhere. The train step always compiles with compiler_options() "
+        "(its remat needs them)",
+    )
+    parser.add_argument(
+        "--tuning", choices=("default", "devices"), default="default",
+        help="the JAX model's tuning: 'default' Tuning() (what EPAMNet() gets), 'devices' "
+        "Tuning.for_devices(jax.devices()) (the same on CPU)",
     )
     parser.add_argument(
         "--allocator",
-        choices=("auto", "tuned", "default"),
+        choices=("auto", "default", "tuned", "both"),
         default="auto",
-        help="'auto': tuned where JAX runs on the CPU, default elsewhere",
+        help="glibc malloc for both frameworks: 'default' leaves it alone; 'tuned' sets "
+        "TUNED_MALLOC for every configuration; 'both' runs every configuration with the "
+        "default first, then the fastest JAX eval runner and PyTorch again with the tuned "
+        "allocator at the first two eval batches (opt-in rows). 'auto': both where JAX runs "
+        "on the CPU, default elsewhere",
     )
     parser.add_argument("--frameworks", type=_csv(str), default=["jax", "torch"])
     parser.add_argument("--remat", choices=("auto", "none", "first", "all"), default="auto",
@@ -346,8 +403,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     info = machine()
     if args.allocator == "auto":
-        args.allocator = "tuned" if info["jax_backend"] == "cpu" else "default"
-    env = tuned_env(plain_env) if args.allocator == "tuned" else plain_env
+        args.allocator = "both" if info["jax_backend"] == "cpu" else "default"
+    tuned = tuned_env(plain_env)
+    envs = {"default": plain_env, "tuned": tuned}
+    first_allocator = "tuned" if args.allocator == "tuned" else "default"
     print(f"machine: {info.get('cpu')}, {info['cpus']} CPUs, jax {info['jax']} "
           f"({info['jax_backend']}: {', '.join(info['jax_devices'])}), torch {info['torch']}")
     if info["jax_backend"] == "cpu":
@@ -366,14 +425,18 @@ def main(argv: list[str] | None = None) -> None:
     torch_dtypes = args.dtypes if torch_device == "cuda" else ["float32"]
     runners = args.jax_runners
     if runners is None:
-        runners = ["jit", "concurrent"] if info["jax_backend"] == "cpu" else ["jit"]
-    if not set(runners) <= {"jit", "concurrent"}:
-        parser.error(f"--jax-runners takes 'jit' and 'concurrent', got {runners}")
+        runners = ["jit", "jit+options", "concurrent"] if info["jax_backend"] == "cpu" \
+            else ["jit", "jit+options"]
+    if not runners or not set(runners) <= {"jit", "jit+options", "concurrent"}:
+        parser.error(f"--jax-runners takes 'jit', 'jit+options' and 'concurrent', got {runners}")
+    # opt-in rows (other runners, the tuned allocator) only at the first two eval batches
+    opt_in_batches = args.eval_batches[:2]
 
     results: list[dict[str, Any]] = []
 
     def run(config: dict[str, Any]) -> dict[str, Any]:
-        print(f"  {config['mode']:5s} batch {config['batch']:2d} {_label(config):10s} ...",
+        allocator = config["allocator"]
+        print(f"  {config['mode']:5s} batch {config['batch']:2d} {_label(config):30s} ...",
               end=" ", flush=True)
         plan = None
         if config["framework"] == "jax" and config["mode"] == "train" and \
@@ -387,15 +450,16 @@ def main(argv: list[str] | None = None) -> None:
                 return plan
             plan = plan["remat_plan"]
             config = {**config, "remat": plan["choice"]}
-        r = run_config(config, weights, env, timing, args.timeout)
+        r = run_config(config, weights, envs[allocator], timing, args.timeout)
         if plan is not None:
             r["remat_plan"] = plan
-        if "killed" in r.get("error", "") and args.allocator == "tuned":
+        if "killed" in r.get("error", "") and allocator == "tuned" and args.allocator == "tuned":
             # glibc holding freed memory can push a run that fits over the edge: retry once
             # with the default allocator, and say so in the result
             print("killed; again with the default allocator ...", end=" ", flush=True)
             r = {**run_config(config, weights, plain_env, timing, args.timeout),
-                 "allocator": "default (the tuned one ran out of memory)"}
+                 "allocator": "default",
+                 "allocator_note": "default (the tuned one ran out of memory)"}
         results.append(r)
         if "error" in r:
             print(r["error"])
@@ -407,6 +471,15 @@ def main(argv: list[str] | None = None) -> None:
                   f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GB{device}{extra}, "
                   f"other load <= {r['other_load_max']}")
         return r
+
+    def jax_config(mode: str, batch: int, dtype: str, runner: str, allocator: str) -> dict:
+        return {"framework": "jax", "mode": mode, "batch": batch, "dtype": dtype,
+                "remat": args.remat, "runner": runner, "tuning_choice": args.tuning,
+                "allocator": allocator}
+
+    def torch_config(mode: str, batch: int, dtype: str, threads: int, allocator: str) -> dict:
+        return {"framework": "torch", "mode": mode, "batch": batch, "dtype": dtype,
+                "threads": threads, "device": torch_device, "allocator": allocator}
 
     with tempfile.TemporaryDirectory(prefix="epam_bench_") as weights:
         source = prepare_weights(weights, args.seed)
@@ -422,27 +495,43 @@ def main(argv: list[str] | None = None) -> None:
             for batch in batches:
                 if "jax" in args.frameworks:
                     for dtype in args.dtypes:
-                        for runner in runners if mode == "eval" else ["jit"]:
-                            run({"framework": "jax", "mode": mode, "batch": batch,
-                                 "dtype": dtype, "remat": args.remat, "runner": runner})
+                        if mode == "train":
+                            chosen = ["jit+options"]
+                        else:
+                            chosen = runners if batch in opt_in_batches else runners[:1]
+                        for runner in chosen:
+                            run(jax_config(mode, batch, dtype, runner, first_allocator))
                 if "torch" in args.frameworks:
                     for dtype in torch_dtypes:
                         for threads in torch_threads:
-                            run({"framework": "torch", "mode": mode, "batch": batch,
-                                 "dtype": dtype, "threads": threads, "device": torch_device})
+                            run(torch_config(mode, batch, dtype, threads, first_allocator))
                     if auto and len(torch_threads) > 1:
                         tried = [r for r in results[-len(torch_threads):] if "error" not in r]
                         if tried:
                             best = max(tried, key=lambda r: r["clips_per_s"])
                             torch_threads = [best["threads"]]
                             print(f"  torch: using {best['threads']} thread(s) from here on")
+        if args.allocator == "both" and opt_in_batches:
+            print("  opt-in: the tuned allocator (TUNED_MALLOC) for the fastest JAX eval runner "
+                  "and PyTorch")
+            for batch in opt_in_batches:
+                for dtype in args.dtypes:
+                    if "jax" in args.frameworks:
+                        done = [r for r in results if r["framework"] == "jax"
+                                and r["mode"] == "eval" and r["batch"] == batch
+                                and r["dtype"] == dtype and "error" not in r]
+                        if done:
+                            best = max(done, key=lambda r: r["clips_per_s"])
+                            run(jax_config("eval", batch, dtype, best["runner"], "tuned"))
+                    if "torch" in args.frameworks and dtype in torch_dtypes:
+                        for threads in torch_threads:
+                            run(torch_config("eval", batch, dtype, threads, "tuned"))
 
     table, rows = summarize(results, args.dtypes)
     print()
     print("Throughput in clips/s (best of the repetitions); speedup = JAX / best PyTorch in "
-          f"the same dtype; PyTorch on {torch_device}; GB: "
-          + ("device peak" if info["jax_backend"] != "cpu" else "peak RSS")
-          + (", per dtype" if len(args.dtypes) > 1 else ""))
+          f"the same dtype and allocator; PyTorch on {torch_device}; GB: "
+          + ("device peak" if info["jax_backend"] != "cpu" else "peak RSS"))
     print(table)
     agreement = output_agreement(results)
     if agreement is not None:
@@ -451,8 +540,8 @@ def main(argv: list[str] | None = None) -> None:
     report: dict[str, Any] = {
         "machine": info,
         "settings": {**vars(args), "weights": source,
-                     "allocator_env": {k: env[k] for k in (*TUNED_MALLOC, "GLIBC_TUNABLES")
-                                       if env.get(k) != os.environ.get(k)}},
+                     "allocator_env": {k: tuned[k] for k in (*TUNED_MALLOC, "GLIBC_TUNABLES")
+                                       if tuned.get(k) != os.environ.get(k)}},
         "results": results,
         "logits_max_rel_diff": agreement,
     }

@@ -145,35 +145,41 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
 
+    from epam_jax import Tuning
     from epam_jax.models import REMAT_SETTINGS, EPAMNet, parse_remat
     from epam_jax.xla_options import compiler_options
 
-    # Every call is timed to completion anyway. Dispatched asynchronously, a call can return
-    # and the next one allocate its temporaries before the worker thread has freed the
-    # previous call's; glibc's heap then grows to hold both and keeps them (train batch 8
-    # with 12.5 GB of temporaries was killed for memory). Synchronous dispatch frees them
-    # before the call returns.
-    if jax.default_backend() == "cpu":
+    cpu = jax.devices()[0].platform == "cpu"
+    runner = args.runner or ("jit" if args.mode == "eval" else "jit+options")
+    if args.mode == "train" and cpu:
+        # Every call is timed to completion anyway. Dispatched asynchronously, a train step
+        # can return and the next one allocate its temporaries before the worker thread has
+        # freed the previous step's; glibc's heap then grows to hold both and keeps them
+        # (train batch 8 with 12.5 GB of temporaries was killed for memory). Synchronous
+        # dispatch frees them before the call returns. Eval keeps JAX's default.
         jax.config.update("jax_cpu_enable_async_dispatch", False)
     dtype = jnp.dtype(args.dtype)
     remat = False if args.remat == "auto" else parse_remat(args.remat)
-    model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=remat)
+    tuning = Tuning() if args.tuning == "default" else Tuning.for_devices(jax.devices())
+    model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=remat, tuning=tuning)
     variables = jax.device_put(_load_flax(args.weights))
     rgb_np, pose_np, labels_np = make_clips(args.batch, args.seed)
     rgb = jax.device_put(rgb_np.transpose(0, 2, 3, 4, 1))
     pose = jax.device_put(pose_np.transpose(0, 2, 3, 4, 1))
     labels = jax.device_put(labels_np)
-    out: dict[str, Any] = {"device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    out: dict[str, Any] = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                           "runner": runner, "tuning": repr(tuning),
+                           "tuning_choice": args.tuning}
+    # 'jit': jax.jit with no compiler options, what a user's plain jax.jit(model.apply) gets
+    options = compiler_options() if runner == "jit+options" else None
 
     if args.mode == "eval":
-        if args.runner == "concurrent":
+        if runner == "concurrent":
             from epam_jax.concurrent_eval import ConcurrentStreams
 
             compiled = ConcurrentStreams(model)  # compiles on its first call, timed below
-            out["runner"] = "concurrent"
         else:
-            forward = jax.jit(lambda v, r, p: model.apply(v, r, p),
-                              compiler_options=compiler_options())
+            forward = jax.jit(lambda v, r, p: model.apply(v, r, p), compiler_options=options)
             t0 = time.perf_counter()
             compiled = forward.lower(variables, rgb, pose).compile()
             out["compile_s"] = time.perf_counter() - t0
@@ -188,6 +194,11 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
             jax.block_until_ready(compiled(variables, rgb, pose))
 
     else:
+        if runner == "concurrent":
+            raise SystemExit("--runner concurrent is for --mode eval")
+        if runner == "jit+options":
+            # the train step's remat ('first', 'all') relies on these options
+            out["compiler_options"] = "epam_jax.xla_options.compiler_options() (train)"
         tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LR, MOMENTUM))
 
         def loss_fn(params, batch_stats, rgb, pose, labels, rng, model):
@@ -220,7 +231,7 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
             step = jax.jit(
                 partial(train_step, model=model),
                 donate_argnums=(0,),
-                compiler_options=compiler_options(),
+                compiler_options=options,
             )
             t0 = time.perf_counter()
             compiled = step.lower(state, rgb, pose, labels, rng).compile()
@@ -360,10 +371,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--runner",
-        choices=("jit", "concurrent"),
-        default="jit",
-        help="JAX eval: jax.jit(model.apply), or epam_jax.concurrent_eval.ConcurrentStreams (the "
-        "two streams from two host threads; its compile time includes the first run)",
+        choices=("jit", "jit+options", "concurrent"),
+        default=None,
+        help="JAX: 'jit' is a plain jax.jit(model.apply) with no compiler options (eval's "
+        "default); 'jit+options' the same jitted with epam_jax.xla_options.compiler_options() "
+        "(train's default: its remat needs them); 'concurrent' (eval only) "
+        "epam_jax.concurrent_eval.ConcurrentStreams, the two streams from two host threads "
+        "(its compile time includes the first run)",
+    )
+    parser.add_argument(
+        "--tuning", choices=("default", "devices"), default="default",
+        help="JAX: the model's tuning, 'default' Tuning() or 'devices' "
+        "Tuning.for_devices(jax.devices())",
     )
     parser.add_argument(
         "--plan", action="store_true",

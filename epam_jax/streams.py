@@ -130,8 +130,9 @@ def prepare_block(variables: dict, *, planes: int, width: int, use_se: bool) -> 
 class X3DStage(nn.Module):
     """``num_blocks`` BlockX3D named '0', '1', ...; SE on the even ones.
 
-    ``train`` is positional so the stage can be wrapped by ``nn.remat``. The
-    ``tuning`` decides how the blocks run (the variables are the same):
+    ``remat``: each block (each scanned pair) is recomputed in the backward
+    pass, only its input kept. The ``tuning`` decides how the blocks run (the
+    variables are the same):
 
     - ``scan_blocks``: block 0 (strided, with the downsample) runs alone, then
       blocks (1, 2), (3, 4), ... as one ``lax.scan`` over pairs, their
@@ -151,6 +152,7 @@ class X3DStage(nn.Module):
     out_channels: int
     stride: int = 2
     fold_div: int = 8
+    remat: bool = False
     bn_axis_name: str | None = None
     tuning: Tuning = DEFAULT
     dtype: Dtype | None = None
@@ -165,7 +167,9 @@ class X3DStage(nn.Module):
         block = partial(BlockX3D, self.planes, self.out_channels, norm=norm,
                         fold_div=self.fold_div, width=width, tuning=self.tuning,
                         dtype=self.dtype)
-        x = block(stride=self.stride, use_se=True, name="0")(x)
+        remat = self.remat and train
+        child = partial(nn.remat(BlockX3D), *block.args, **block.keywords) if remat else block
+        x = child(stride=self.stride, use_se=True, name="0")(x)
         pairs = (self.num_blocks - 1) // 2
         if self.tuning.scan_blocks and pairs and not self.is_initializing():
             x = self._scan_pairs(x, block, pairs, width, train)
@@ -173,7 +177,7 @@ class X3DStage(nn.Module):
         else:
             first = 1
         for j in range(first, self.num_blocks):
-            x = block(use_se=j % 2 == 0, name=str(j))(x)
+            x = child(use_se=j % 2 == 0, name=str(j))(x)
         return x
 
     def _scan_pairs(self, x: Array, block: Any, pairs: int, width: int, train: bool) -> Array:
@@ -207,6 +211,8 @@ class X3DStage(nn.Module):
             h, new_even = with_se.apply(v_even, h, mutable=["batch_stats"])
             return (h, odd, even), (new_odd["batch_stats"], new_even["batch_stats"])
 
+        if self.remat and train:
+            body = jax.checkpoint(body, prevent_cse=False)
         (x, _, _), stats = jax.lax.scan(body, (x, odd, even), length=pairs)
         if train:
             for k in range(pairs):
@@ -271,14 +277,13 @@ class X3DStream(nn.Module):
                 )
         stages = zip(self.stage_blocks, self.stage_widths, strict=True)
         for i, (blocks, width) in enumerate(stages, start=1):
-            remat = f"layer{i}" in recompute
-            stage_cls = nn.remat(X3DStage, static_argnums=(2,)) if remat else X3DStage
-            x = stage_cls(
+            x = X3DStage(
                 blocks,
                 int(width * self.bottleneck_factor),
                 width,
                 stride=2,
                 fold_div=self.fold_div,
+                remat=f"layer{i}" in recompute,
                 bn_axis_name=self.bn_axis_name,
                 tuning=self.tuning,
                 dtype=dtype,

@@ -6,10 +6,10 @@ those barriers early in its pipeline (the ``cse_barrier_expander`` pass), after
 which common-subexpression elimination undoes the rematerialisation: measured
 on the pose stream's training step at batch 2, the buffers stay at 3.57 GB with
 or without ``remat``. Keeping the pass out restores it (1.65 GB) and leaves the
-numbers unchanged. The same barriers keep each residual block's output one
-buffer (``epam_jax.layers.materialize``) instead of a chain of sums that every
-later block recomputes: with the options, eval at batch 1 runs in 227 ms
-instead of 290 ms. Other backends keep the barriers.
+numbers unchanged. Other backends keep the barriers. The models' default
+formulation needs no options in eval (``epam_jax.Tuning``: the stages' blocks
+run as a loop); the unrolled one with ``barriers=True`` keeps each residual
+block's output one buffer only under these options.
 
 On GPU, XLA (jax 0.11.2, H100) aborts while compiling the full model's eval
 forward when it tiles a matrix product fused with its neighbours for Triton

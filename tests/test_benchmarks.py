@@ -28,21 +28,47 @@ def _report(results, dtypes=("float32", "bfloat16"), machine=GPU):
     return {"machine": machine, "settings": {"dtypes": list(dtypes)}, "results": results}
 
 
+def _cells(line):
+    return [c.strip() for c in line.split("  ") if c.strip()]
+
+
 def test_summarize_compares_each_dtype_with_pytorch_in_that_dtype():
     results = [
         _jax("eval", 64, "float32", 720.0), _jax("eval", 64, "bfloat16", 1250.0),
         _torch("eval", 64, "float32", 360.0), _torch("eval", 64, "bfloat16", 500.0),
-        _jax("train", 8, "float32", 120.0), _jax("train", 8, "bfloat16", 0.0, error="exit 1"),
+        _jax("train", 8, "float32", 120.0, runner="jit+options"),
+        _jax("train", 8, "bfloat16", 0.0, error="exit 1", runner="jit+options"),
         _torch("train", 8, "float32", 60.0), _torch("train", 8, "bfloat16", 50.0),
     ]
     text, rows = summarize(results, ["float32", "bfloat16"])
-    eval_line, train_line = text.splitlines()[2:]
-    assert eval_line.split()[:8] == ["eval", "64", "720.00", "360.00", "2.000x",
-                                     "1250.00", "500.00", "2.500x"]
-    assert train_line.split()[:8] == ["train", "8", "120.00", "60.00", "2.000x",
-                                      "failed", "50.00", "-"]
-    assert eval_line.split()[-2:] == ["1.00/1.00", "2.00/2.00"]  # device peak GB per dtype
-    assert rows[0]["torch"]["bfloat16"]["clips_per_s"] == 500.0
+    lines = [_cells(line) for line in text.splitlines()[2:]]
+    assert [line[:7] for line in lines] == [
+        ["eval", "64", "fp32", "jax jit (default)", "720.00", "360.00", "2.000x"],
+        ["eval", "64", "bf16", "jax jit (default)", "1250.00", "500.00", "2.500x"],
+        ["train", "8", "fp32", "jax jit+options", "120.00", "60.00", "2.000x"],
+        ["train", "8", "bf16", "jax jit+options", "failed", "50.00", "-"],
+    ]
+    assert lines[0][-2:] == ["1.00", "2.00"]  # device peak GB
+    assert rows[1]["torch"]["clips_per_s"] == 500.0
+
+
+def test_summarize_labels_opt_ins_and_compares_under_the_same_allocator():
+    cpu = {"device": "cpu"}
+    results = [
+        _jax("eval", 1, "float32", 6.0, runner="jit", allocator="default"),
+        _jax("eval", 1, "float32", 6.3, runner="concurrent", allocator="default"),
+        _jax("eval", 1, "float32", 6.1, runner="jit+options", allocator="default"),
+        _torch("eval", 1, "float32", 2.0, threads=1, allocator="default", **cpu),
+        _torch("eval", 1, "float32", 2.5, threads=2, allocator="default", **cpu),
+        _jax("eval", 1, "float32", 6.6, runner="concurrent", allocator="tuned"),
+        _torch("eval", 1, "float32", 3.0, threads=2, allocator="tuned", **cpu),
+    ]
+    text, rows = summarize(results, ["float32"])
+    assert [r["config"] for r in rows] == ["jax jit (default)", "jax jit+options",
+                                           "jax concurrent", "jax concurrent, tuned malloc"]
+    assert [r["speedup"] for r in rows] == ["2.400x", "2.440x", "2.520x", "2.200x"]
+    lines = [_cells(line) for line in text.splitlines()[2:]]
+    assert lines[0][5] == "2.50 (2T)" and lines[3][5] == "3.00 (2T)"
 
 
 def test_output_agreement_uses_float32_pytorch_only():
@@ -75,12 +101,95 @@ def test_merge_keeps_the_fastest_success_per_configuration(tmp_path, capsys):
         paths.append(tmp_path / f"run{i}.json")
         paths[-1].write_text(json.dumps(report))
     merge_mod.main([str(p) for p in paths])
-    line = capsys.readouterr().out.splitlines()[-1]
-    assert line.split()[:8] == ["eval", "1", "276.00", "39.00", "7.077x",
-                                "330.00", "29.00", "11.379x"]
+    lines = [_cells(line) for line in capsys.readouterr().out.splitlines()[-2:]]
+    assert [line[:7] for line in lines] == [
+        ["eval", "1", "fp32", "jax jit (default)", "276.00", "39.00", "7.077x"],
+        ["eval", "1", "bf16", "jax jit (default)", "330.00", "29.00", "11.379x"],
+    ]
 
 
 def test_merge_refuses_runs_of_different_machines():
     other = {**GPU, "jax_devices": ["NVIDIA H200"]}
     with pytest.raises(ValueError, match="different machines"):
         merge_mod.merge([_report([]), _report([], machine=other)])
+
+
+def test_gpu_script_plans_and_tabulates_without_running_a_model(tmp_path):
+    from benchmarks import gpu
+
+    args = gpu.parse_args(["--smoke", "--out", str(tmp_path), "--budget-s", "60"])
+    assert (args.smoke, args.budget_s, args.out, args.reps) == (True, 60.0, str(tmp_path), 2)
+    assert gpu.parse_args([]).budget_s == 420.0
+    assert gpu.slug("NVIDIA H200") == "h200" and gpu.slug("NVIDIA H100 80GB HBM3") == \
+        "h100-80gb-hbm3"
+    full = gpu.plan(False, "cuda")
+    jax_rows = [(c["mode"], c["batch"], c["dtype"], c["tuning_choice"])
+                for c in full if c["framework"] == "jax"]
+    assert len(jax_rows) == 11 and jax_rows[-1] == ("eval", 64, "bfloat16", "default")
+    assert {(c["mode"], c["batch"]) for c in full if c["framework"] == "torch"} == {
+        ("eval", 1), ("eval", 16), ("eval", 64), ("train", 8), ("train", 32)}
+    assert all(c["framework"] == "jax" for c in gpu.plan(False, None))
+    smoke = gpu.plan(True, "cpu")
+    assert {c["batch"] for c in smoke} == {1} and {c["mode"] for c in smoke} == {"eval"}
+    assert [c["dtype"] for c in smoke if c["framework"] == "torch"] == ["float32"]
+
+    results = [
+        {**full[0], **_jax("eval", 1, "float32", 300.0)},
+        {**full[1], **_torch("eval", 1, "float32", 100.0)},
+        {**full[2], **_jax("eval", 1, "bfloat16", 0.0, error="exit -6")},
+        {**full[3], "skipped": "budget of 420 s spent"},
+        {**full[-1], "skipped": "budget of 420 s spent"},
+    ]
+    lines = [_cells(line) for line in gpu.table(results).splitlines()[2:]]
+    assert lines == [
+        ["eval", "1", "fp32", "jax jit, Tuning.for_devices", "300.00", "8.0", "100.00",
+         "3.00x", "1.00", "2.00"],
+        ["eval", "1", "bf16", "jax jit, Tuning.for_devices", "failed", "-", "skipped", "-",
+         "-", "-"],
+        ["eval", "64", "bf16", "jax jit, Tuning()", "skipped", "-", "-", "-", "-", "-"],
+    ]
+
+
+def test_run_measures_the_default_path_first_then_labelled_opt_ins(monkeypatch, capsys):
+    from benchmarks import run as run_mod
+
+    calls = []
+    rates = {"jit": 5.0, "jit+options": 5.5, "concurrent": 6.0}
+
+    def fake_run_config(config, weights, env, timing, timeout, plan=False):
+        tuned = env.get("MALLOC_ARENA_MAX") == "1"
+        assert tuned == (config["allocator"] == "tuned")
+        if plan:
+            return {**config, "remat_plan": {"choice": "none"}}
+        calls.append(config)
+        rate = rates.get(config.get("runner"), 2.0) + (0.5 if tuned else 0.0)
+        return {**config, "clips_per_s": rate, "clips_per_s_median": rate, "best_s": 1.0,
+                "peak_rss_bytes": 2**30, "other_load_max": 0.0}
+
+    monkeypatch.setattr(run_mod, "run_config", fake_run_config)
+    monkeypatch.setattr(run_mod, "prepare_weights", lambda d, seed: "fake")
+    monkeypatch.setattr(run_mod, "machine", lambda: {
+        "cpu": "x", "cpus": 2, "jax": "0", "jax_backend": "cpu", "jax_devices": ["cpu"],
+        "torch": "2", "torch_cuda": None, "platform": "p", "python": "3"})
+    run_mod.main(["--eval-batches", "1,4,16", "--train-batches", "2", "--no-flops",
+                  "--no-heatmaps", "--torch-threads", "2"])
+    seen = [(c["framework"], c["mode"], c["batch"], c.get("runner"), c["allocator"])
+            for c in calls]
+    assert seen == [
+        ("jax", "eval", 1, "jit", "default"), ("jax", "eval", 1, "jit+options", "default"),
+        ("jax", "eval", 1, "concurrent", "default"), ("torch", "eval", 1, None, "default"),
+        ("jax", "eval", 4, "jit", "default"), ("jax", "eval", 4, "jit+options", "default"),
+        ("jax", "eval", 4, "concurrent", "default"), ("torch", "eval", 4, None, "default"),
+        ("jax", "eval", 16, "jit", "default"), ("torch", "eval", 16, None, "default"),
+        ("jax", "train", 2, "jit+options", "default"), ("torch", "train", 2, None, "default"),
+        ("jax", "eval", 1, "concurrent", "tuned"), ("torch", "eval", 1, None, "tuned"),
+        ("jax", "eval", 4, "concurrent", "tuned"), ("torch", "eval", 4, None, "tuned"),
+    ]
+    out = capsys.readouterr().out
+    table = out[out.index("mode  batch"):].splitlines()
+    batch1 = [_cells(line) for line in table[2:] if _cells(line)[:2] == ["eval", "1"]]
+    configs = [cells[3] for cells in batch1]
+    assert configs == ["jax jit (default)", "jax jit+options", "jax concurrent",
+                       "jax concurrent, tuned malloc"]
+    speedups = [cells[6] for cells in batch1]
+    assert speedups == ["2.500x", "2.750x", "3.000x", "2.600x"]
