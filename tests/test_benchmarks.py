@@ -193,3 +193,16 @@ def test_run_measures_the_default_path_first_then_labelled_opt_ins(monkeypatch, 
                        "jax concurrent, tuned malloc"]
     speedups = [cells[6] for cells in batch1]
     assert speedups == ["2.500x", "2.750x", "3.000x", "2.600x"]
+
+
+def test_tuning_benchmark_names_each_formulation():
+    from benchmarks.tuning import FORMULATIONS, tuning_of
+    from epam_jax.tuning import PLATFORM_TUNINGS, Tuning
+
+    tunings = {name: tuning_of(name) for name in FORMULATIONS}
+    assert tunings["default"] == (Tuning(), False)
+    assert tunings["unrolled+barriers"] == (Tuning(scan_blocks=False, barriers=True), True)
+    assert tunings["accelerator"][0] == PLATFORM_TUNINGS["gpu"]
+    assert len({t for t, _ in tunings.values()}) == len(FORMULATIONS)
+    with pytest.raises(SystemExit, match="unknown formulation 'fast'"):
+        tuning_of("fast")
