@@ -8,14 +8,15 @@ the only way its barriers survive), on the same random weights and clips; calls 
 interleaved (one of each, then again) so a busy machine slows all alike. Prints the
 best and median time a call, the compile time, XLA's temporary buffer and the largest
 difference from the first formulation's outputs. ``--train`` times the train step
-(forward, backward, SGD with momentum; jitted with ``compiler_options()`` as the
-training library does) instead.
+(forward, backward, SGD with momentum and weight decay; jitted with ``compiler_options()`` as the
+training library does; ``benchmarks.worker.train_step``) instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -51,9 +52,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from benchmarks.worker import make_clips
+    from benchmarks.worker import make_clips, optimizer, train_step
     from epam_jax import EPAMNet
     from epam_jax.models import init_variables
     from epam_jax.xla_options import compiler_options
@@ -68,30 +68,18 @@ def main(argv: list[str] | None = None) -> None:
     leaves, tree = jax.tree_util.tree_flatten(variables)  # non-trivial statistics and gammas
     leaves = [a + 0.05 * jax.random.normal(k, a.shape) for a, k in zip(leaves, noise, strict=True)]
     variables = jax.tree_util.tree_unflatten(tree, leaves)
-    tx = optax.sgd(0.01, 0.9)
-    opt_state = tx.init(variables["params"])
+    tx = optimizer()
+    state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
+    rng = jax.random.key(0)
 
     def make(tuning: Any) -> Any:
         model = EPAMNet(tuning=tuning)
         if not args.train:
-            return lambda v, opt_state, rgb, pose: model.apply(v, rgb, pose)
+            return lambda state, rgb, pose, labels, rng: model.apply(
+                {"params": state[0], "batch_stats": state[1]}, rgb, pose)
+        return partial(train_step, model=model, tx=tx)
 
-        def step(v, opt_state, rgb, pose):
-            def loss_fn(params):
-                (rl, pl), new = model.apply(
-                    {"params": params, "batch_stats": v["batch_stats"]}, rgb, pose, train=True,
-                    rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
-                ce = optax.softmax_cross_entropy_with_integer_labels
-                return ce(rl, labels).mean() + ce(pl, labels).mean(), new["batch_stats"]
-
-            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(v["params"])
-            updates, opt_state = tx.update(grads, opt_state, v["params"])
-            params = optax.apply_updates(v["params"], updates)
-            return {"params": params, "batch_stats": stats}, opt_state, loss
-
-        return step
-
-    inputs = (variables, opt_state, rgb, pose)
+    inputs = (state, rgb, pose, jnp.asarray(labels), rng)
     compiled, reference = {}, None
     for name, (tuning, options) in zip(names, specs, strict=True):
         jitted = jax.jit(make(tuning), compiler_options=compiler_options() if options or

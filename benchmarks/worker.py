@@ -140,10 +140,38 @@ def _load_flax(weights: str) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
+def optimizer() -> Any:
+    """SGD with momentum and weight decay, as the PyTorch side's ``torch.optim.SGD``."""
+    import optax
+
+    return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LR, MOMENTUM))
+
+
+def train_step(state: tuple, rgb: Any, pose: Any, labels: Any, rng: Any, *, model: Any,
+               tx: Any) -> tuple[tuple, Any]:
+    """One JAX train step on ``state = (params, batch_stats, opt_state)``: forward, backward
+    of CE(rgb) + CE(pose), ``tx`` update; returns the new state and the loss."""
+    import jax
+    import optax
+
+    def loss_fn(params, batch_stats):
+        (rgb_logits, pose_logits), new = model.apply(
+            {"params": params, "batch_stats": batch_stats}, rgb, pose, train=True,
+            rngs={"dropout": rng}, mutable=["batch_stats"],
+        )
+        ce = optax.softmax_cross_entropy_with_integer_labels
+        loss = ce(rgb_logits, labels).mean() + ce(pose_logits, labels).mean()
+        return loss, new["batch_stats"]
+
+    params, batch_stats, opt_state = state
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+
 def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
-    import optax
 
     from epam_jax import Tuning
     from epam_jax.models import REMAT_SETTINGS, EPAMNet, parse_remat
@@ -199,37 +227,14 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
         if runner == "jit+options":
             # the train step's remat ('first', 'all') relies on these options
             out["compiler_options"] = "epam_jax.xla_options.compiler_options() (train)"
-        tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LR, MOMENTUM))
-
-        def loss_fn(params, batch_stats, rgb, pose, labels, rng, model):
-            (rgb_logits, pose_logits), new = model.apply(
-                {"params": params, "batch_stats": batch_stats},
-                rgb,
-                pose,
-                train=True,
-                rngs={"dropout": rng},
-                mutable=["batch_stats"],
-            )
-            ce = optax.softmax_cross_entropy_with_integer_labels
-            loss = ce(rgb_logits, labels).mean() + ce(pose_logits, labels).mean()
-            return loss, new["batch_stats"]
-
-        def train_step(state, rgb, pose, labels, rng, model):
-            params, batch_stats, opt_state = state
-            grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-            (loss, batch_stats), grads = grad_fn(
-                params, batch_stats, rgb, pose, labels, rng, model
-            )
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
+        tx = optimizer()
         params = variables["params"]
         state = (params, variables["batch_stats"], tx.init(params))
         rng = jax.random.key(args.seed)
 
         def compile_step(model):
             step = jax.jit(
-                partial(train_step, model=model),
+                partial(train_step, model=model, tx=tx),
                 donate_argnums=(0,),
                 compiler_options=options,
             )

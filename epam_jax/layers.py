@@ -98,8 +98,9 @@ class BatchNorm(nn.Module):
 
     def affine(self) -> tuple[Array, Array]:
         """Eval-mode ``(multiplier, offset)`` with ``bn(y) = y * multiplier + offset``."""
-        mult = self.scale * lax.rsqrt(self.var.value + self.epsilon)
-        return mult, self.bias - self.mean.value * mult
+        variables = {"scale": self.scale, "bias": self.bias, "mean": self.mean.value,
+                     "var": self.var.value}
+        return fold_batch_norm(variables, self.epsilon)
 
     def __call__(self, x: Array, *, relu: bool = False) -> Array:
         """Normalised ``x`` (then a ReLU when ``relu``), in ``dtype`` or ``x``'s type."""
