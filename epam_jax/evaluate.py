@@ -37,6 +37,7 @@ import numpy as np
 
 from epam_jax.data import ClipConfig, load_annotations
 from epam_jax.data.datasets import Recipe, get_recipe, read_names
+from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.data.ntu_classes import class_names
 from epam_jax.data.pipeline import check_videos_exist
 from epam_jax.extract import LoadedModel, load_model, run_cli
@@ -100,10 +101,12 @@ def evaluate_model(
             "classification heads; evaluation needs an EPAM-Net ('epam') checkpoint")
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
-    if config.pose != "heatmap" or not config.rgb:
-        raise ValueError("evaluation needs both streams: ClipConfig(rgb=True, pose='heatmap')")
+    if config.pose is None or not config.rgb:
+        raise ValueError("evaluation needs both streams: ClipConfig(rgb=True, pose='keypoint' "
+                         "or 'heatmap')")
     num_classes = int(loaded.meta["num_classes"])
-    dp, step = _runner(tuple(devices) if devices is not None else None)
+    dp, step = _runner(tuple(devices) if devices is not None else None,
+                       DeviceInputs.of(config))
     batch_size = -(-batch_size // dp.num_devices) * dp.num_devices
     model = loaded.model.clone(tuning=dp.tuning)
     state = dp.put_state(EvalState.create(model, loaded.variables))
@@ -132,13 +135,13 @@ def evaluate_model(
 
 
 @functools.cache
-def _runner(devices: tuple | None) -> tuple[Any, Any]:
+def _runner(devices: tuple | None, inputs: DeviceInputs) -> tuple[Any, Any]:
     """The device mesh and the compiled eval step, shared by every evaluation of this
     process (checkpoints of the same model and shapes compile once)."""
     from epam_jax.train.parallel import DataParallel
 
     dp = DataParallel("jit", list(devices) if devices is not None else None)
-    return dp, dp.eval_step(mode="epam")
+    return dp, dp.eval_step(mode="epam", inputs=inputs)
 
 
 # --------------------------------------------------------------------------- reports
@@ -264,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unprepared", action="store_true",
                    help="read videos that are not person-aligned square frames anyway")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0)")
+    p.add_argument("--host-inputs", action="store_true",
+                   help="draw heatmaps and normalise frames on the host (default: ship "
+                        "keypoints and uint8 frames, finished on the device)")
     p.add_argument("--no-per-class", action="store_true", help="do not print per-class rows")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -328,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         heatmap_size=(args.size // 4, args.size // 4), video_root=args.video_root,
         video_ext=args.video_ext, num_clips=args.num_clips, test_flip=args.flip,
         require_prepared=not args.allow_unprepared)
+    if not args.host_inputs:
+        config = config.device_inputs()
     check_videos_exist(annotations, config)
     if names_from_file is not None:
         names = class_names(loaded.meta["num_classes"], names_from_file)

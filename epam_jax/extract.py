@@ -33,7 +33,7 @@ import argparse
 import functools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ import numpy as np
 
 from epam_jax.checkpoints import describe, load_meta, load_variables
 from epam_jax.data import ClipConfig, load_annotations
+from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.data.pipeline import check_videos_exist
 from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
 from epam_jax.tuning import Tuning
@@ -196,11 +197,13 @@ def _outputs(module: Any, rgb: jax.Array, pose: jax.Array, fusion: str, pooling:
     return out
 
 
-def _forward_outputs(variables: dict, rgb: jax.Array, pose: jax.Array, *, model: Any,
-                     fusion: str, pooling: str) -> dict[str, jax.Array]:
+def _forward_outputs(variables: dict, batch: dict[str, jax.Array], *, model: Any,
+                     fusion: str, pooling: str, inputs: DeviceInputs) -> dict[str, jax.Array]:
     heads = isinstance(model, EPAMNet)
+    batch = inputs(batch)
     return model.apply(
-        variables, rgb, pose, method=lambda m, r, p: _outputs(m, r, p, fusion, pooling, heads)
+        variables, batch["rgb"], batch["heatmap"],
+        method=lambda m, r, p: _outputs(m, r, p, fusion, pooling, heads)
     )
 
 
@@ -208,15 +211,18 @@ def _forward_outputs(variables: dict, rgb: jax.Array, pose: jax.Array, *, model:
 def _jitted_forward() -> Callable[..., dict[str, jax.Array]]:
     # One jitted function keyed on the (hashable) model, so every caller shares the
     # compile; made on first use so importing this module starts no JAX backend.
-    return jax.jit(_forward_outputs, static_argnames=("model", "fusion", "pooling"))
+    return jax.jit(_forward_outputs, static_argnames=("model", "fusion", "pooling", "inputs"))
 
 
 def make_forward(
-    loaded: LoadedModel, fusion: str = "multiply", pooling: str = "pooled"
-) -> tuple[Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]], int]:
-    """A jit-compiled ``forward(rgb, pose) -> {name: numpy array}`` sharded over all local
+    loaded: LoadedModel, fusion: str = "multiply", pooling: str = "pooled",
+    inputs: DeviceInputs | None = None,
+) -> tuple[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], int]:
+    """A jit-compiled ``forward(batch) -> {name: numpy array}`` sharded over all local
     devices (batch on mesh axis 'data', variables replicated), and the device count the
-    batch size must be a multiple of."""
+    batch size must be a multiple of. ``batch`` holds 'rgb' (float32 normalised or uint8)
+    and 'heatmap' or 'keypoint', finished on the device by ``inputs`` (the loader's
+    ``DeviceInputs.of(config)``)."""
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     if pooling not in POOLINGS:
@@ -227,16 +233,21 @@ def make_forward(
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     variables = jax.device_put(loaded.variables, replicated)
     model = loaded.model.clone(tuning=Tuning.for_devices(devices))
+    inputs = inputs or DeviceInputs()
 
-    def forward(rgb: np.ndarray, pose: np.ndarray) -> dict[str, np.ndarray]:
-        if len(rgb) % len(devices):
+    def forward(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pose_key = "keypoint" if "keypoint" in batch else "heatmap"
+        arrays = {"rgb": np.asarray(batch["rgb"]), pose_key: np.asarray(batch[pose_key])}
+        if arrays["rgb"].dtype != np.uint8:
+            arrays["rgb"] = arrays["rgb"].astype(np.float32, copy=False)
+        arrays[pose_key] = arrays[pose_key].astype(np.float32, copy=False)
+        if len(arrays["rgb"]) % len(devices):
             raise ValueError(
-                f"batch of {len(rgb)} clips does not split over {len(devices)} devices"
-            )
-        rgb = jax.device_put(np.asarray(rgb, np.float32), batch_sharding)
-        pose = jax.device_put(np.asarray(pose, np.float32), batch_sharding)
-        out = _jitted_forward()(variables, rgb, pose, model=model, fusion=fusion,
-                                pooling=pooling)
+                f"batch of {len(arrays['rgb'])} clips does not split over {len(devices)} "
+                "devices")
+        placed = jax.device_put(arrays, batch_sharding)
+        out = _jitted_forward()(variables, placed, model=model, fusion=fusion,
+                                pooling=pooling, inputs=inputs)
         return jax.tree_util.tree_map(np.asarray, out)
 
     return forward, len(devices)
@@ -354,8 +365,9 @@ def extract(
 
     from epam_jax.data.loader import ClipLoader
 
-    if config.pose != "heatmap" or not config.rgb:
-        raise ValueError("extraction needs both streams: ClipConfig(rgb=True, pose='heatmap')")
+    if config.pose is None or not config.rgb:
+        raise ValueError("extraction needs both streams: ClipConfig(rgb=True, pose='keypoint' "
+                         "or 'heatmap')")
     out_dir, todo = _prepare(annotations, out_dir, overwrite)
     _check_meta(out_dir, _settings(loaded, config, fusion, pooling, None), overwrite)
     skipped = len(annotations) - len(todo)
@@ -364,7 +376,7 @@ def extract(
             print(f"all {len(annotations)} clips already extracted in {out_dir}")
         return []
     check_videos_exist(todo, config)
-    forward, num_devices = make_forward(loaded, fusion, pooling)
+    forward, num_devices = make_forward(loaded, fusion, pooling, DeviceInputs.of(config))
     batch_size = -(-batch_size // num_devices) * num_devices
     # Several hosts: each extracts every process_count-th clip (the loader's eval sharding).
     host, hosts = jax.process_index(), jax.process_count()
@@ -375,8 +387,11 @@ def extract(
     total = len(range(host, len(todo), hosts))
     with tqdm(total=total, unit="clip", disable=not progress, desc=desc) as bar:
         for batch in loader:
-            outputs = forward(batch["rgb"], batch["heatmap"])
-            frames = denormalize_rgb(batch["rgb"]) if pictures else None
+            outputs = forward(batch)
+            frames = None
+            if pictures:
+                frames = (batch["rgb"] if batch["rgb"].dtype == np.uint8
+                          else denormalize_rgb(batch["rgb"]))
             for row in np.flatnonzero(batch["mask"] > 0):
                 ann = todo[int(batch["index"][row])]
                 writer.clip(ann, outputs, int(row), None if frames is None else frames[row])
@@ -412,7 +427,8 @@ def extract_video(
     clip = video_clip(video, ann, config, crop=crop)
     forward, num_devices = make_forward(loaded, fusion, pooling)
     pad = (num_devices,) + (1,) * (clip.rgb.ndim)
-    outputs = forward(np.tile(clip.rgb[None], pad), np.tile(clip.heatmap[None], pad))
+    outputs = forward({"rgb": np.tile(clip.rgb[None], pad),
+                       "heatmap": np.tile(clip.heatmap[None], pad)})
     writer = _Writer(out_dir, pictures, gif)
     writer.clip(ann, outputs, 0, clip.frames)
     return writer.written
@@ -460,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-unprepared", action="store_true",
                         help="--annotations: read dataset videos that are not person-aligned "
                              "square frames anyway (see python -m epam_jax.prepare)")
+    parser.add_argument("--host-inputs", action="store_true",
+                        help="--annotations: draw heatmaps and normalise frames on the host "
+                             "(default: ship keypoints and uint8 frames, finished on the "
+                             "device)")
     parser.add_argument("--overwrite", action="store_true", help="redo clips already written")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -490,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         loaded = load_model(args.checkpoint)
         config = ClipConfig(video_root=args.video_root, video_ext=args.video_ext,
                             require_prepared=not args.allow_unprepared, **sizes)
+        if not args.host_inputs:
+            config = config.device_inputs()
         written = extract(anns, config, loaded, args.out_dir, batch_size=args.batch_size,
                           **common)
     if not args.quiet:

@@ -69,7 +69,7 @@ def predict_clip(loaded: LoadedModel, clip: VideoClip) -> dict[str, np.ndarray]:
     forward, num_devices = make_forward(loaded, fusion="residual", pooling="pooled")
     rgb = np.tile(clip.rgb[None], (num_devices,) + (1,) * clip.rgb.ndim)
     heat = np.tile(clip.heatmap[None], (num_devices,) + (1,) * clip.heatmap.ndim)
-    outputs = forward(rgb, heat)
+    outputs = forward({"rgb": rgb, "heatmap": heat})
     return {k: outputs[k][0] for k in ("rgb_logits", "pose_logits", "scores", "attention")}
 
 

@@ -1,7 +1,8 @@
 """Data pipeline: PoseC3D annotations and videos to EPAM-Net inputs.
 
 Importing this package needs only numpy, PyAV and Pillow; the grain loader, the JAX
-heatmap generator, the synthetic dataset writer and the pose extractor load on first use.
+heatmap generator and ``DeviceInputs``, the synthetic dataset writer and the pose
+extractor load on first use.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from epam_jax.data.video import (
 _LAZY = {
     "ClipLoader": "epam_jax.data.loader",
     "heatmaps_from_keypoints": "epam_jax.data.heatmaps_jax",
+    "DeviceInputs": "epam_jax.data.device_inputs",
     "make_synthetic_dataset": "epam_jax.data.synthetic",
     "ACTIONS": "epam_jax.data.synthetic",
     "video_to_annotation": "epam_jax.data.pose",

@@ -18,7 +18,13 @@ from epam_jax.train.state import (
     frozen_modules,
     initial_variables,
 )
-from epam_jax.train.step import cross_entropy, eval_step, model_inputs, train_step
+from epam_jax.train.step import (
+    cross_entropy,
+    eval_step,
+    loss_and_grads,
+    model_inputs,
+    train_step,
+)
 
 __all__ = [
     "MODES",
@@ -32,6 +38,7 @@ __all__ = [
     "create_train_state",
     "cross_entropy",
     "eval_step",
+    "loss_and_grads",
     "evaluate",
     "export_model",
     "frozen_modules",

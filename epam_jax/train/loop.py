@@ -8,8 +8,10 @@ or final variables, ``epam_jax.checkpoints.save_variables``), ``metrics.jsonl``,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
+import sys
 import time
 from collections.abc import Mapping
 from functools import partial
@@ -20,6 +22,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.data.pipeline import ClipConfig
 from epam_jax.train.checkpointing import BEST_METRIC, Checkpoints
 from epam_jax.train.evaluate import evaluate
@@ -39,10 +42,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def clip_config(config: Any) -> ClipConfig:
-    """The loader's ClipConfig for ``config.mode`` and ``config.data``."""
+    """The loader's ClipConfig for ``config.mode`` and ``config.data``: keypoints and
+    uint8 frames finished on the device unless ``data.device_inputs`` is False."""
     d = config.data
     uses_rgb = config.mode in ("epam", "rgb")
-    return ClipConfig(
+    clip = ClipConfig(
         clip_len=d.clip_len,
         rgb_stride=d.rgb_stride,
         rgb=uses_rgb,
@@ -55,6 +59,7 @@ def clip_config(config: Any) -> ClipConfig:
         video_ext=d.video_ext,
         require_prepared=d.require_prepared,
     )
+    return clip.device_inputs() if d.device_inputs else clip
 
 
 def _video_root(config: Any) -> str:
@@ -92,6 +97,55 @@ def make_loaders(config: Any, local_batch: int, local_eval_batch: int) -> tuple[
     val = ClipLoader(annotations, clip, local_eval_batch, False, split=d.val_split or None,
                      **common)
     return train, val
+
+
+class InputWait:
+    """The share of wall time the loop spends waiting for the loader's next batch.
+
+    ``next(it)`` is timed; ``share()`` gives the waiting share since the last call.
+    ``warning(share)`` returns a message once, the first time the share has stayed above
+    ``threshold`` for ``patience`` windows in a row (the first window, which holds the
+    compile, never counts).
+    """
+
+    def __init__(self, threshold: float = 0.2, patience: int = 3) -> None:
+        self.threshold = threshold
+        self.patience = patience
+        self._waited = 0.0
+        self._start = time.perf_counter()
+        self._windows = 0
+        self._above = 0
+        self._warned = False
+
+    def next(self, iterator: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return next(iterator)
+        finally:
+            self._waited += time.perf_counter() - t
+
+    def share(self) -> float:
+        now = time.perf_counter()
+        share = self._waited / max(now - self._start, 1e-9)
+        self._waited, self._start = 0.0, now
+        self._windows += 1
+        return min(share, 1.0)
+
+    def restart(self) -> None:
+        """Start a new window without measuring (after evaluation or a save)."""
+        self._waited, self._start = 0.0, time.perf_counter()
+
+    def warning(self, share: float) -> str | None:
+        if self._windows <= 1 or self._warned:
+            return None
+        self._above = self._above + 1 if share > self.threshold else 0
+        if self._above < self.patience:
+            return None
+        self._warned = True
+        return (f"input-bound: {100 * share:.0f}% of the wall time waits for the next batch "
+                f"(over {100 * self.threshold:.0f}% for {self.patience} log windows); raise "
+                "--config.data.worker_count, keep --config.data.device_inputs=True, or read "
+                "prepared videos (python -m benchmarks.loader measures one worker)")
 
 
 class MetricWriter:
@@ -200,8 +254,11 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             f"{ckpts.directory} holds checkpoints (latest step {ckpts.latest_step()}); "
             f"pass --config.resume=True to continue or choose a new workdir")
 
-    train_fn = dp.train_step(mode=config.mode, label_smoothing=o.label_smoothing)
-    eval_fn = dp.eval_step(mode=config.mode)
+    inputs = DeviceInputs.of(clip_config(config))
+    train_fn = dp.train_step(mode=config.mode, label_smoothing=o.label_smoothing,
+                             inputs=inputs)
+    eval_fn = dp.eval_step(mode=config.mode, inputs=inputs)
+    wait = InputWait(config.input_wait_warning)
     writer = MetricWriter(workdir, primary)
     bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
                disable=not (primary and config.progress_bar))
@@ -234,15 +291,21 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             "grad_norm": float(np.mean([mt["grad_norm_sum"] for _, mt in fetched])),
             "learning_rate": float(schedule(step - 1)),
             "clips_per_second": window_clips / max(elapsed, 1e-9),
+            "input_wait": wait.share(),
         }
         writer.write(step, "train", summary)
         bar.set_postfix(loss=f"{summary['loss']:.3f}", acc=f"{summary['accuracy']:.1f}",
-                        clips_s=f"{summary['clips_per_second']:.1f}", refresh=False)
+                        clips_s=f"{summary['clips_per_second']:.1f}",
+                        wait=f"{100 * summary['input_wait']:.0f}%", refresh=False)
+        message = wait.warning(summary["input_wait"])
+        if message and primary:
+            logging.warning(message)
+            bar.write(f"warning: {message}", file=sys.stderr)
         window_start, window_clips = time.perf_counter(), 0
 
     try:
         for step in range(start + 1, total_steps + 1):
-            batch = next(train_iter)
+            batch = wait.next(train_iter)
             state, metrics = train_fn(state, dp.put_batch(batch))
             pending.append((step, metrics))
             window_clips += config.batch_size
@@ -259,6 +322,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                 ckpts.save(step, dp.get_state(state),
                            train_iter, val_metrics if is_eval else None)
                 window_start = time.perf_counter()  # don't count eval/save time in clips/s
+                wait.restart()
     finally:
         bar.close()
         writer.close()
@@ -349,12 +413,16 @@ def write_attention_picture(config: Any, variables: Mapping, val_loader: Any,
     m = config.model
     model = build_model("epam", config.data.num_classes, attention_type=m.attention_type,
                         dtype=m.dtype, tuning=Tuning.for_devices(jax.local_devices()[:1]))
-    rgb, pose = batch["rgb"][:1], batch["heatmap"][:1]
+    first = DeviceInputs.of(clip_config(config))(
+        {k: v[:1] for k, v in batch.items() if k in ("rgb", "heatmap", "keypoint")})
+    rgb, pose = first["rgb"], first["heatmap"]
     rgb_logits, pose_logits, attention = jax.jit(
         lambda v, r, p: model.apply(v, r, p, train=False, return_attention=True))(
             variables, rgb, pose)
     predicted = int(np.argmax(np.asarray(rgb_logits + pose_logits)[0]))
     title = f"label {int(batch['label'][0])}, predicted {predicted}"
-    paths = save_attention_pictures(denormalize_rgb(batch["rgb"][0]),
+    frames = batch["rgb"][0]
+    frames = frames if frames.dtype == np.uint8 else denormalize_rgb(frames)
+    paths = save_attention_pictures(frames,
                                     np.asarray(attention[0, ..., 0]), png_path, title=title)
     return Path(paths[0])

@@ -14,13 +14,17 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
-def model_inputs(batch: Batch, mode: str) -> tuple[jax.Array, ...]:
-    """The model's positional inputs for ``mode`` from a loader batch."""
+def model_inputs(batch: Batch, mode: str, inputs: DeviceInputs | None = None
+                 ) -> tuple[jax.Array, ...]:
+    """The model's positional inputs for ``mode`` from a loader batch, finished on the
+    device by ``inputs`` (heatmaps from keypoints, uint8 frames normalised)."""
+    batch = (inputs or DeviceInputs())(batch)
     if mode == "epam":
         return batch["rgb"], batch["heatmap"]
     return (batch["rgb"],) if mode == "rgb" else (batch["heatmap"],)
@@ -44,28 +48,27 @@ def stream_logits(outputs: Any, mode: str) -> dict[str, jax.Array]:
     return {"fused": outputs.astype(jnp.float32)}
 
 
-def train_step(
+def loss_and_grads(
     state: TrainState,
     batch: Batch,
     *,
     mode: str,
     label_smoothing: float = 0.0,
     axis_name: str | None = None,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Loss CE(rgb) + CE(pose) (one term in single-stream modes), one optimiser update.
-
-    Returns the new state and summable metrics: 'loss_sum', 'correct', 'count',
-    'grad_norm_sum' (each step contributes once).
-    """
+    inputs: DeviceInputs | None = None,
+) -> tuple[jax.Array, Any, jax.Array, Any]:
+    """(loss, gradients, fused logits, new batch_stats) of one training batch on this
+    device: loss CE(rgb) + CE(pose) (one term in single-stream modes)."""
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
         dropout_rng = jax.random.fold_in(dropout_rng, lax.axis_index(axis_name))
     labels = batch["label"]
+    x = model_inputs(batch, mode, inputs)
 
     def loss_fn(params):
         outputs, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
-            *model_inputs(batch, mode),
+            *x,
             train=True,
             rngs={"dropout": dropout_rng},
             mutable=["batch_stats"],
@@ -77,6 +80,27 @@ def train_step(
 
     (loss, (fused, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
+    return loss, grads, fused, batch_stats
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    mode: str,
+    label_smoothing: float = 0.0,
+    axis_name: str | None = None,
+    inputs: DeviceInputs | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser update from ``loss_and_grads``.
+
+    Returns the new state and summable metrics: 'loss_sum', 'correct', 'count',
+    'grad_norm_sum' (each step contributes once).
+    """
+    loss, grads, fused, batch_stats = loss_and_grads(
+        state, batch, mode=mode, label_smoothing=label_smoothing, axis_name=axis_name,
+        inputs=inputs)
+    labels = batch["label"]
     correct = jnp.sum(jnp.argmax(fused, -1) == labels)
     count = jnp.asarray(labels.shape[0], jnp.int32)
     if axis_name is not None:
@@ -99,6 +123,7 @@ def eval_step(
     *,
     mode: str,
     axis_name: str | None = None,
+    inputs: DeviceInputs | None = None,
 ) -> dict[str, jax.Array]:
     """Per-clip float32 logits of one batch, with the batch's bookkeeping.
 
@@ -107,7 +132,7 @@ def eval_step(
     every clip under its sample (``epam_jax.metrics.ScoreTable``). Under pmap the
     outputs are gathered over ``axis_name``: every device holds the whole batch.
     """
-    outputs = state.apply_fn(state.variables, *model_inputs(batch, mode), train=False)
+    outputs = state.apply_fn(state.variables, *model_inputs(batch, mode, inputs), train=False)
     logits = stream_logits(outputs, mode)
     out = {k: v for k, v in logits.items() if mode != "epam" or k != "fused"}
     index = batch["index"] if "index" in batch else jnp.arange(batch["label"].shape[0])
