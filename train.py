@@ -23,8 +23,16 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from epam_jax.train import train_and_evaluate
+    from epam_jax.train.checkpointing import CheckpointWriteError
+    from epam_jax.train.lock import WorkdirLockError
 
-    result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (CheckpointWriteError, WorkdirLockError) as err:  # one line, no traceback
+        raise SystemExit(f"error: {err}") from None
+    if result.get("preempted"):
+        print(result["message"], flush=True)
+        return
     top1 = result.get("fused/top1")
     if top1 is not None:
         print(f"final validation top-1: {top1:.1f}%")

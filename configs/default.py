@@ -87,6 +87,14 @@ def get_config(recipe: str = "ntu60_xsub") -> ml_collections.ConfigDict:
     c.distributed.process_id = -1
     c.distributed.auto = True  # initialise from SLURM/Open MPI/JAX_COORDINATOR_ADDRESS
 
+    c.faults = ml_collections.ConfigDict()
+    # no step completed for this long: stop with one line (a hang); 0: never
+    c.faults.step_timeout_s = 600
+    # several processes: stop this long after another one stopped answering
+    c.faults.lost_after_s = 20
+    c.faults.heartbeat_timeout_s = 60  # jax.distributed's own health check
+    c.faults.save_timeout_s = 600  # one checkpoint write; 0: no limit
+
     c.log_every_steps = 50
     # warn once when more than this share of wall time waits for the loader (3 windows)
     c.input_wait_warning = 0.2

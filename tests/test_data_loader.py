@@ -187,6 +187,23 @@ def test_unprepared_videos_are_refused_early(dataset: Path, tmp_path: Path) -> N
     with pytest.raises(FileNotFoundError, match="not_there"):
         ClipLoader(gone, rgb_config(dataset, require_prepared=True), 2, False,
                    shard_index=0, shard_count=1)
+    # a missing or unreadable video among many is found when the loader is made, before
+    # any batch (or compile), whatever require_prepared says
+    many = anns * 10
+    with pytest.raises(FileNotFoundError, match="not_there"):
+        ClipLoader(many[:37] + gone[:1] + many[37:], rgb_config(dataset), 2, True,
+                   shard_index=0, shard_count=1)
+    broken = tmp_path / "videos"
+    broken.mkdir()
+    for a in anns:
+        (broken / f"{a['frame_dir']}.mp4").write_bytes(
+            (dataset.parent / "videos" / f"{a['frame_dir']}.mp4").read_bytes())
+    half = (broken / f"{anns[-1]['frame_dir']}.mp4")
+    half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])  # truncated: no index
+    with pytest.raises(ValueError, match=f"{anns[-1]['frame_dir']}.mp4"):
+        ClipLoader(anns, ClipConfig(video_root=str(broken), rgb_size=(32, 32),
+                                    require_prepared=False), 2, False,
+                   shard_index=0, shard_count=1)
 
 
 def test_keypoint_batches_give_the_same_heatmaps_on_device(dataset: Path) -> None:

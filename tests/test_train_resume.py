@@ -1,9 +1,10 @@
 """End-to-end training through train.py on a tiny synthetic set (mode 'epam'):
-a run killed with SIGKILL and resumed ends with exactly the parameters of an
-uninterrupted run; unfinished checkpoint writes are ignored; a non-finite loss stops
-the run with the last good checkpoint intact.
+a run preempted with SIGTERM (it saves the step and exits 0), resumed, killed with
+SIGKILL and resumed again ends with exactly the parameters of an uninterrupted run;
+unfinished checkpoint writes are ignored; a non-finite loss stops the run with the last
+good checkpoint intact.
 
-The three runs share one compiled program through the persistent compilation cache.
+The runs share one compiled program through the persistent compilation cache.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 from epam_jax.checkpoints import load_meta, load_variables
 from epam_jax.data import ClipConfig, ClipLoader, make_synthetic_dataset, save_annotations
 from epam_jax.train import Checkpoints
+from epam_jax.train.lock import LOCK_FILE, read_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, CKPT_EVERY, BATCH = 16, 4, 4
@@ -73,19 +75,26 @@ def _finished_steps(workdir: Path) -> list[int]:
         else []
 
 
+def _wait_for_checkpoint(proc: subprocess.Popen, workdir: Path, step: int) -> None:
+    """Until a checkpoint of ``step`` or later is complete in ``workdir``."""
+    while not [s for s in _finished_steps(workdir) if s >= step]:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+
+
 def _val_records(workdir: Path) -> list[dict]:
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == "val"]
 
 
-def test_sigkill_resume_and_non_finite_loss(tmp_path, cache) -> None:
+def test_sigterm_sigkill_resume_and_non_finite_loss(tmp_path, cache) -> None:
     """One test, so that the runs share a compiled program whatever xdist's scheduling."""
-    check_sigkill_and_resume_end_with_the_uninterrupted_parameters(tmp_path, cache)
+    check_interrupted_runs_end_with_the_uninterrupted_parameters(tmp_path, cache)
     check_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, cache)
 
 
-def check_sigkill_and_resume_end_with_the_uninterrupted_parameters(tmp_path: Path, cache: Path
-                                                                   ) -> None:
+def check_interrupted_runs_end_with_the_uninterrupted_parameters(tmp_path: Path, cache: Path
+                                                                 ) -> None:
     dataset = _dataset(tmp_path / "data")
     straight = _run(_command(dataset, tmp_path / "a"), cache)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -99,23 +108,49 @@ def check_sigkill_and_resume_end_with_the_uninterrupted_parameters(tmp_path: Pat
     assert [r["step"] for r in val] == [8, 16]
     assert all(r["num_samples"] == 5 for r in val)  # 5 samples in batches of 4: one padded
 
-    # The same run, killed once a checkpoint past the middle is complete, then resumed.
-    killed = subprocess.Popen(_command(dataset, tmp_path / "b"), cwd=ROOT, env=_env(cache),
+    # The same run, preempted (SIGTERM) after the first checkpoint: it finishes the step,
+    # saves it and exits 0; resumed, it is killed (SIGKILL) past the middle; resumed again
+    # it must end exactly where the uninterrupted run did.
+    workdir = tmp_path / "b"
+    term = subprocess.Popen(_command(dataset, workdir), cwd=ROOT, env=_env(cache),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # while it runs, a second run on its workdir is refused at once, naming it
+        while (read_holder(workdir / LOCK_FILE, attempts=1) or {}).get("pid") != term.pid:
+            assert term.poll() is None, "the run ended before it took its workdir"
+            time.sleep(0.02)
+        second = _run(_command(dataset, workdir), cache)
+        assert second.returncode != 0
+        assert (f"error: workdir {workdir} is in use by another training run: pid {term.pid} "
+                "on host") in second.stderr, second.stderr[-3000:]
+        assert len(second.stderr.strip().splitlines()) == 1
+        _wait_for_checkpoint(term, workdir, 1)
+        term.send_signal(signal.SIGTERM)
+        out, err = term.communicate(timeout=300)
+    finally:
+        term.kill()
+        term.wait()
+    assert term.returncode == 0, err[-3000:]
+    preempted_at = max(_finished_steps(workdir))
+    assert 1 <= preempted_at < STEPS
+    assert (f"preempted (SIGTERM received by this process): stopped after step {preempted_at}, "
+            f"checkpoint of step {preempted_at} in {workdir / 'checkpoints'} saved") in out
+    assert not (workdir / "model").exists()
+
+    killed = subprocess.Popen(_command(dataset, workdir), cwd=ROOT, env=_env(cache),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while not [s for s in _finished_steps(tmp_path / "b") if s >= 8]:
-            assert killed.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.02)
+        _wait_for_checkpoint(killed, workdir, max(8, preempted_at + 1))
         os.kill(killed.pid, signal.SIGKILL)
     finally:
         killed.kill()
         killed.wait()
     assert killed.returncode == -signal.SIGKILL
-    stopped_at = max(_finished_steps(tmp_path / "b"))
-    assert stopped_at < STEPS
-    resumed = _run(_command(dataset, tmp_path / "b"), cache)
+    stopped_at = max(_finished_steps(workdir))
+    assert preempted_at < stopped_at < STEPS
+    resumed = _run(_command(dataset, workdir), cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {tmp_path / 'b' / 'checkpoints'}" in resumed.stdout
+    assert f"resumed from {workdir / 'checkpoints' / str(stopped_at)}" in resumed.stdout
 
     a = load_variables(tmp_path / "a" / "model", expect_model="epam", expect_num_classes=3)
     b = load_variables(tmp_path / "b" / "model", expect_model="epam", expect_num_classes=3)

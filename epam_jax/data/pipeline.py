@@ -140,24 +140,25 @@ def check_videos_exist(annotations: Sequence[dict[str, Any]], config: ClipConfig
 def check_prepared_videos(
     annotations: Sequence[dict[str, Any]], config: ClipConfig, limit: int = 32
 ) -> None:
-    """Stop early when dataset videos are not what the model expects.
+    """Stop early, before anything compiles, when dataset videos are missing, unreadable
+    or not what the model expects.
 
-    Up to ``limit`` videos spread over ``annotations`` are opened (headers only); each must
-    exist and have square frames (``epam_jax.prepare`` writes SIZE x SIZE videos; a raw
-    1920x1080 NTU video squeezed to 224x224 shows small, distorted people the converted
-    weights never saw). ``ClipConfig.require_prepared=False`` (``data.require_prepared``,
-    ``--allow-unprepared``) switches the check off for videos known to be right.
+    Every video must exist; up to ``limit`` spread over ``annotations`` are opened (headers
+    only: a truncated mp4 has lost its index and fails here, named); each must have square
+    frames (``epam_jax.prepare`` writes SIZE x SIZE videos; a raw 1920x1080 NTU video
+    squeezed to 224x224 shows small, distorted people the converted weights never saw).
+    ``ClipConfig.require_prepared=False`` (``data.require_prepared``,
+    ``--allow-unprepared``) switches the square check off for videos known to be right.
     """
-    if not (config.rgb and config.require_prepared) or not annotations:
+    if not config.rgb or not annotations:
         return
+    check_videos_exist(annotations, config)  # every one: a stat each
     picks = np.unique(np.linspace(0, len(annotations) - 1, min(limit, len(annotations))
                                   ).astype(int))
-    sampled = [annotations[i] for i in picks.tolist()]
-    check_videos_exist(sampled, config)
-    for ann in sampled:
+    for ann in [annotations[i] for i in picks.tolist()]:
         path = video_path(ann, config)
-        h, w = frame_size(path)
-        if h != w:
+        h, w = frame_size(path)  # an unreadable file stops here, named
+        if config.require_prepared and h != w:
             raise ValueError(
                 f"{os.fspath(path)!r} has {w}x{h} frames, not a prepared video "
                 f"({config.rgb_size[1]}x{config.rgb_size[0]} expected). {PREPARE_HINT}; "

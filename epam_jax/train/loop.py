@@ -24,8 +24,15 @@ from tqdm.auto import tqdm
 
 from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.data.pipeline import ClipConfig
-from epam_jax.train.checkpointing import BEST_METRIC, Checkpoints
+from epam_jax.train.checkpointing import (
+    BEST_METRIC,
+    Checkpoints,
+    disk_write_guard,
+    tree_nbytes,
+)
 from epam_jax.train.evaluate import evaluate
+from epam_jax.train.faults import Preemption, StepWatchdog
+from epam_jax.train.lock import WorkdirLock, WorkdirLockError
 from epam_jax.train.optim import make_optimizer, make_schedule, peak_learning_rate
 from epam_jax.train.parallel import DataParallel, initialize_distributed
 from epam_jax.train.state import (
@@ -199,21 +206,52 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     """Train ``config.mode`` on ``config.data``, evaluate, checkpoint, export.
 
     Returns the final validation metrics plus 'model_dir' (the exported variables),
-    'step' and, when written, 'attention_picture'.
+    'step' and, when written, 'attention_picture'. After SIGTERM (preemption) every
+    process saves the same step and it returns {'preempted': True, 'step', 'message'}:
+    rerunning the same command resumes exactly.
     """
     dist = config.distributed
     initialize_distributed(dist.coordinator_address, dist.num_processes
                            if dist.num_processes > 0 else None,
-                           dist.process_id if dist.process_id >= 0 else None, auto=dist.auto)
+                           dist.process_id if dist.process_id >= 0 else None, auto=dist.auto,
+                           heartbeat_timeout_seconds=config.faults.heartbeat_timeout_s)
     workdir = Path(workdir).absolute()
-    primary = jax.process_index() == 0
     check_dataset(config)
     _check_best_metric(config)
     dp = DataParallel(config.parallel)
     local_batch = dp.check_batch_size(config.batch_size)
     local_eval_batch = dp.check_batch_size(config.eval_batch_size, "eval_batch_size")
     workdir.mkdir(parents=True, exist_ok=True)
+    run_lock = lock_workdir(workdir)
+    try:
+        return _train(config, workdir, dp, local_batch, local_eval_batch)
+    finally:
+        run_lock.release()
 
+
+def lock_workdir(workdir: Path) -> WorkdirLock:
+    """Process 0 takes ``workdir``'s lock at once or every process raises
+    WorkdirInUseError naming the run that holds it (a killed run's lock is gone)."""
+    from jax.experimental import multihost_utils
+
+    run_lock = WorkdirLock(workdir, enabled=jax.process_index() == 0)
+    refused: WorkdirLockError | None = None
+    try:
+        run_lock.acquire()
+    except WorkdirLockError as err:
+        refused = err
+    if jax.process_count() > 1:  # the others stop too instead of waiting in a collective
+        ok = multihost_utils.broadcast_one_to_all(np.int32(refused is None))
+        if not int(ok) and refused is None:
+            raise WorkdirLockError(f"process 0 could not lock {workdir}; see its log")
+    if refused is not None:
+        raise refused
+    return run_lock
+
+
+def _train(config: Any, workdir: Path, dp: DataParallel, local_batch: int,
+           local_eval_batch: int) -> dict[str, Any]:
+    primary = jax.process_index() == 0
     m = config.model
     model = build_model(config.mode, config.data.num_classes, dropout_ratio=m.dropout_ratio,
                         attention_type=m.attention_type, freeze_rgb=m.freeze_rgb,
@@ -303,31 +341,52 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             bar.write(f"warning: {message}", file=sys.stderr)
         window_start, window_clips = time.perf_counter(), 0
 
+    # SIGTERM: finish the step, all processes save the same one, exit 0 (resumable).
+    preemption = Preemption(start_step=start).install()
+    stopped_at = None
+    f = config.faults
     try:
-        for step in range(start + 1, total_steps + 1):
-            batch = wait.next(train_iter)
-            state, metrics = train_fn(state, dp.put_batch(batch))
-            pending.append((step, metrics))
-            window_clips += config.batch_size
-            bar.update(1)
-            is_eval = step % eval_every == 0 or step == total_steps
-            is_ckpt = is_eval or step % ckpt_every == 0
-            if is_ckpt or step % config.log_every_steps == 0:
-                flush(step)  # raises before a non-finite state is saved
-            if is_eval:
-                val_metrics = _validate(eval_fn, dp, state, val_loader, config)
-                writer.write(step, "val", val_metrics)
-                bar.write(f"step {step}: " + _format_metrics(val_metrics))
-            if is_ckpt:
-                ckpts.save(step, dp.get_state(state),
-                           train_iter, val_metrics if is_eval else None)
-                window_start = time.perf_counter()  # don't count eval/save time in clips/s
-                wait.restart()
-    finally:
+        with StepWatchdog(f.step_timeout_s if f.step_timeout_s > 0 else float("inf"),
+                          lost_after_s=f.lost_after_s,
+                          checkpoint_dir=ckpts.directory) as watchdog:
+            for step in range(start + 1, total_steps + 1):
+                batch = wait.next(train_iter)
+                state, metrics = train_fn(state, dp.put_batch(batch))
+                watchdog.beat(step, metrics)
+                preempted = preemption.reached(step)  # every step, on every process
+                pending.append((step, metrics))
+                window_clips += config.batch_size
+                bar.update(1)
+                is_eval = (step % eval_every == 0 or step == total_steps) and not preempted
+                is_ckpt = is_eval or step % ckpt_every == 0 or preempted
+                if is_ckpt or step % config.log_every_steps == 0:
+                    flush(step)  # raises before a non-finite state is saved
+                if is_eval:
+                    with watchdog.phase("validation"):
+                        val_metrics = _validate(eval_fn, dp, state, val_loader, config)
+                    writer.write(step, "val", val_metrics)
+                    bar.write(f"step {step}: " + _format_metrics(val_metrics))
+                if is_ckpt:
+                    with watchdog.phase("checkpoint save", f.save_timeout_s or None):
+                        ckpts.save(step, dp.get_state(state),
+                                   train_iter, val_metrics if is_eval else None)
+                    window_start = time.perf_counter()  # eval/save time is not clips/s
+                    wait.restart()
+                if preempted:
+                    stopped_at = step
+                    break
+            with watchdog.phase("checkpoint save", f.save_timeout_s or None):
+                ckpts.wait()
+    finally:  # after an exception the watchdog stays armed: this wait is bounded too
+        preemption.restore()
         bar.close()
         writer.close()
         ckpts.wait()
 
+    if stopped_at is not None:
+        ckpts.close()
+        message = preemption.message(ckpts.directory)
+        return {"preempted": True, "step": stopped_at, "message": message}
     if not val_metrics:  # nothing left to train (a finished run resumed): evaluate it
         val_metrics = _validate(eval_fn, dp, state, val_loader, config)
     final_step = ckpts.latest_step()
@@ -385,7 +444,8 @@ def export_model(path: Path, state: Any, config: Any, step: int,
              "val_metric": config.best_metric,
              "val_value": float(metrics.get(config.best_metric, float("nan")))}
     if jax.process_count() == 1:
-        return save_variables(path, variables, **extra)
+        with disk_write_guard(path, "the exported model", needed_bytes=tree_nbytes(variables)):
+            return save_variables(path, variables, **extra)
     # Several hosts: the orbax write is collective, the description is written once.
     import orbax.checkpoint as ocp
 
@@ -393,9 +453,10 @@ def export_model(path: Path, state: Any, config: Any, step: int,
 
     path = path.absolute()
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path / VARIABLES_DIR, {c: dict(variables[c])
-                                             for c in ("params", "batch_stats")})
-    checkpointer.wait_until_finished()
+    with disk_write_guard(path, "the exported model"):
+        checkpointer.save(path / VARIABLES_DIR, {c: dict(variables[c])
+                                                 for c in ("params", "batch_stats")})
+        checkpointer.wait_until_finished()
     if jax.process_index() == 0:
         tmp = path / (META_FILE + ".tmp")
         tmp.write_text(json.dumps(describe(variables) | extra, indent=2, sort_keys=True))

@@ -35,12 +35,22 @@ def initialize_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
     auto: bool = True,
+    heartbeat_timeout_seconds: int = 60,
+    shutdown_timeout_seconds: int = 300,
 ) -> bool:
     """``jax.distributed.initialize`` from explicit flags, or from the cluster environment.
 
     With ``coordinator_address`` set the flags are used as given; else, with ``auto``,
     a SLURM/Open MPI job of more than one task or ``JAX_COORDINATOR_ADDRESS`` triggers
     jax's own detection. Returns whether the runtime was initialised.
+
+    ``heartbeat_timeout_seconds`` bounds how long the processes outlive one that died
+    or hangs: the coordinator declares it dead after that long and jax aborts every
+    other process (jax's default is 100 s; 60 s still tolerates long network hiccups).
+    ``shutdown_timeout_seconds`` is how long a finished process waits at exit for the
+    others to finish too (jax's 300 s): a dead process ends that wait after the
+    heartbeat timeout anyway, while a live one may legitimately finish minutes later
+    (process 0 alone writes the attention picture), and a shorter wait would abort it.
     """
     if coordinator_address:
         if num_processes is None or process_id is None:
@@ -54,7 +64,8 @@ def initialize_distributed(
         return False
     # CPU hosts need a collectives backend for cross-process reductions.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+                               shutdown_timeout_seconds=shutdown_timeout_seconds)
     return True
 
 
