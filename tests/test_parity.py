@@ -157,7 +157,7 @@ def test_train_step_parity(attention_type, tuning):
     variables, loss, logits, grads32, (before, after) = torch_train_step(
         attention_type, torch.float32, rgb, pose, labels
     )
-    tuning = TUNINGS[tuning]
+    tuning_name, tuning = tuning, TUNINGS[tuning]
     jloss, jlogits, jtensors = flax_train_step(
         attention_type, np.float32, variables, rgb, pose, labels, tuning
     )
@@ -169,13 +169,16 @@ def test_train_step_parity(attention_type, tuning):
     assert max(worst.values()) <= TOL, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
 
     _, loss64, _, grads64, _ = torch_train_step(attention_type, torch.float64, rgb, pose, labels)
-    with jax.enable_x64(True):
-        jloss64, _, jtensors64 = flax_train_step(
-            attention_type, np.float64, variables, rgb, pose, labels, tuning
-        )
-    assert abs(jloss64 - loss64) <= 1e-10 * abs(loss64)
-    worst = {k: relative_error(g, jtensors64[k]) for k, g in grads64.items()}
-    assert max(worst.values()) <= TOL, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
+    if (attention_type, tuning_name) == CASES[0]:
+        # float64 on both sides once, for the hand-written gradients of the CPU tuning; the
+        # other cases change only autodiff'ed parts, checked by the float32 bound below
+        with jax.enable_x64(True):
+            jloss64, _, jtensors64 = flax_train_step(
+                attention_type, np.float64, variables, rgb, pose, labels, tuning
+            )
+        assert abs(jloss64 - loss64) <= 1e-10 * abs(loss64)
+        worst = {k: relative_error(g, jtensors64[k]) for k, g in grads64.items()}
+        assert max(worst.values()) <= TOL, sorted(worst.items(), key=lambda kv: -kv[1])[:5]
     scale = max(np.abs(g).max() for g in grads64.values())
     flax_error = max(np.abs(g - jtensors[k]).max() for k, g in grads64.items()) / scale
     torch_error = max(np.abs(g - grads32[k]).max() for k, g in grads64.items()) / scale
