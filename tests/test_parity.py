@@ -182,6 +182,8 @@ def test_train_step_parity(attention_type, tuning):
     scale = max(np.abs(g).max() for g in grads64.values())
     flax_error = max(np.abs(g - jtensors[k]).max() for k, g in grads64.items()) / scale
     torch_error = max(np.abs(g - grads32[k]).max() for k, g in grads64.items()) / scale
-    # measured (spatial_temporal, CBAM): 7.6e-4 and 7.6e-4 for Flax with the hand-written
-    # gradients, 7.6e-4 with autodiff (the accelerators' tuning); PyTorch's own 3.0e-3 and 7.6e-4
-    assert flax_error <= 1.05 * torch_error, (flax_error, torch_error)
+    # float32 rounding of the same size class as PyTorch's own, which moves with the CPU
+    # (measured on one VM: 7.6e-4 for Flax in every case, PyTorch 3.0e-3 / 7.6e-4; on
+    # another, CBAM with autodiff (the accelerators' tuning): Flax 3.7e-3, PyTorch 2.7e-3);
+    # a wrong gradient is off by orders of magnitude more
+    assert flax_error <= 2 * torch_error, (flax_error, torch_error)

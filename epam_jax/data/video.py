@@ -1,21 +1,53 @@
 """RGB frames for sampled indices, from video files (PyAV) or from frame folders.
 
-Videos are decoded sequentially (inter-coded streams need every earlier frame), but only
-the requested frames are converted to RGB and resized, in one swscale pass each, and
-decoding stops after the last requested frame.
+A clip needs a few frames spread over a video. A video is decoded from the keyframe at or
+before its first needed frame (a seek) up to its last needed frame, and only the needed
+frames are converted to RGB and resized. Non-reference frames that are not needed
+(B-frames no other frame is predicted from) are handed to the decoder to drop unseen.
+Both need timestamps: the first packets must carry presentation times on the grid of
+the stream's frame rate, else (decode-order timestamps as in AVI files, a variable frame
+rate, an edit list) the video is decoded from frame 0 and its frames are counted. Frames
+are identified by count until a seek or a dropped frame, then by timestamp, checked
+frame by frame; timestamps that contradict themselves later make the video be decoded
+again from frame 0, counting. Either way the pixels equal those of a plain decode loop
+from frame 0.
+
+The decoder runs on one thread: on a 224x224 clip its frame threads cost 70% more CPU
+time and slice threads only their start-up (clips per CPU-second, measured with
+``python -m benchmarks.loader``). A file that cannot be opened, fails while decoding
+(an error, or a frame the decoder flags corrupt), or ends well before the frame count
+its header states raises ValueError naming it. H.264 has no checksums: damaged bytes
+that still parse decode to wrong pixels without any error, and pass unnoticed.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Decoders whose "drop non-reference frames" leaves every other frame as it was.
+SKIP_CODECS = frozenset({"h264", "hevc"})
+# Packets read before a seek, to see where the stream's timestamps start and run.
+LOOKAHEAD_PACKETS = 16
+# A timestamp further than this (in frames) from the frame grid is not trusted.
+_GRID_SLACK = 0.25
+_MAX_RATE = 1000
+# Counters for benchmarks (``benchmarks.loader``); one process, not locked.
+decode_stats: dict[str, int] = {
+    "calls": 0, "frames_decoded": 0, "frames_converted": 0, "skip_offered": 0,
+    "seeks": 0, "restarts": 0,
+}
 
 
 def _check_indices(indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -35,11 +67,27 @@ def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
+def _open(name: str) -> Any:
+    """The container of video file ``name`` with a video stream, else ValueError."""
+    try:
+        container = av.open(name, metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError) as err:
+        raise ValueError(f"cannot open video {name!r}: {err}") from err
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{name!r} has no video stream")
+    return container
+
+
 def video_frame_count(path: str | os.PathLike[str]) -> int:
     """Number of frames of a video file, counted by demuxing (no decoding)."""
-    with av.open(os.fspath(path)) as container:
-        stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size)
+    name = os.fspath(path)
+    with _open(name) as container:
+        try:
+            stream = container.streams.video[0]
+            return sum(1 for packet in container.demux(stream) if packet.size)
+        except (av.error.FFmpegError, OSError) as err:
+            raise ValueError(f"cannot read video {name!r}: {err}") from err
 
 
 def frame_size(path: str | os.PathLike[str]) -> tuple[int, int]:
@@ -49,13 +97,272 @@ def frame_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         if os.path.isdir(path):
             with Image.open(list_frame_files(path)[0]) as img:
                 return img.size[1], img.size[0]
-        with av.open(os.fspath(path)) as container:
+        with av.open(os.fspath(path), metadata_errors="ignore") as container:
             if not container.streams.video:
                 raise ValueError(f"{os.fspath(path)!r} has no video stream")
             ctx = container.streams.video[0].codec_context
             return int(ctx.height), int(ctx.width)
     except (av.error.FFmpegError, OSError) as err:
         raise ValueError(f"cannot read video {os.fspath(path)!r}: {err}") from err
+
+
+def _frame_rate(stream: Any) -> float | None:
+    """The stream's nominal frame rate (the timestamps' grid), or None."""
+    for rate in (stream.base_rate, stream.guessed_rate, stream.average_rate):
+        if rate and 0 < rate <= _MAX_RATE:
+            return float(rate)
+    return None
+
+
+def _header_frames(container: Any, stream: Any) -> int | None:
+    """Frames the container's header states: the stream's frame count, else its duration
+    (the file's when the video is its only stream) times the frame rate; or None."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    rate = _frame_rate(stream)
+    if rate is None:
+        return None
+    if stream.duration and stream.time_base:
+        return round(float(stream.duration * stream.time_base) * rate)
+    if container.duration and len(container.streams) == 1:
+        return round(container.duration / av.time_base * rate)
+    return None
+
+
+def truncation_tolerance(header_frames: int) -> int:
+    """How many frames fewer than its header states a video may decode to (edit lists,
+    rounded durations) before it counts as truncated."""
+    return max(2, math.ceil(0.02 * header_frames))
+
+
+_LOCAL = threading.local()
+
+
+def _reformatter() -> VideoReformatter:
+    """This thread's RGB converter. It keeps its swscale context from frame to frame and
+    clip to clip (same sizes and format: same pixels); a fresh one per frame, as
+    ``frame.reformat`` makes, costs 0.1 ms at 224x224 and 0.5 ms from 1080p."""
+    reformatter = getattr(_LOCAL, "reformatter", None)
+    if reformatter is None:
+        reformatter = _LOCAL.reformatter = VideoReformatter()
+    return reformatter
+
+
+class _Clock:
+    """Frame index <-> timestamp of a stream: index = (pts - origin) / ticks per frame."""
+
+    def __init__(self, origin: int, step: float) -> None:
+        self.origin, self.step = origin, step
+
+    @classmethod
+    def of(cls, stream: Any, origin: int | None) -> _Clock | None:
+        rate = _frame_rate(stream)
+        if origin is None or rate is None or not stream.time_base:
+            return None
+        step = 1.0 / (float(stream.time_base) * rate)
+        return cls(origin, step) if step >= 1.0 else None
+
+    def index(self, pts: int | None) -> int | None:
+        """The frame at ``pts``, or None when it lies off the frame grid."""
+        if pts is None:
+            return None
+        x = (pts - self.origin) / self.step
+        i = round(x)
+        return i if abs(x - i) <= _GRID_SLACK else None
+
+    def pts(self, index: int) -> int:
+        return self.origin + math.floor(index * self.step)
+
+
+class _Untrusted(Exception):
+    """The timestamps contradicted themselves after a seek or a dropped frame, or a
+    frame came out corrupt there: decode again on the plain pass."""
+
+
+class _ClipDecoder:
+    """One pass over a video collecting the frames ``wanted`` (sorted, unique).
+
+    ``timed=False`` is the plain pass: from frame 0, counting, nothing dropped."""
+
+    def __init__(self, name: str, container: Any, wanted: np.ndarray,
+                 size: tuple[int, int] | None, clamp: bool, timed: bool) -> None:
+        self.name, self.container, self.size, self.clamp = name, container, size, clamp
+        self.timed = timed
+        self.stream = container.streams.video[0]
+        self.ctx = self.stream.codec_context
+        self.ctx.thread_count = 1
+        self.want = set(wanted.tolist())
+        self.first = int(wanted[0])
+        self.frames: dict[int, np.ndarray] = {}
+        self.clock: _Clock | None = None
+        self.can_skip = False
+        self.by_time = False  # frames identified by timestamp (else by count)
+        self.started = True  # False after a seek until a keyframe comes out
+        self.count = 0  # frames out so far
+        self.next = 0  # index the next frame must have (by timestamp)
+        self.agree = True  # every frame so far: index by timestamp == count
+        self.reordered = False  # a packet had an earlier pts than one before it:
+        # the timestamps are presentation times, not decode order
+        self.max_pts: int | None = None
+        self.skipped: set[int] = set()
+        self.skip_on = False
+        self.tail: Any = None  # the last frame out (for clamp) and its index
+        self.tail_index = -1
+        self.keep = -1  # never dropped: the header's last frame (for clamp)
+
+    def run(self) -> tuple[dict[int, np.ndarray], int | None]:
+        """The wanted frames found, and the video's frame count if the end was reached."""
+        packets = self.container.demux(self.stream)
+        head = list(itertools.islice(packets, LOOKAHEAD_PACKETS if self.timed else 1))
+        if not head or not head[0].size:
+            raise ValueError(f"{self.name!r} has no decodable frames")
+        if self.timed:
+            self.clock = self._trusted_clock(head)
+            self.can_skip = self.clock is not None and self.ctx.name in SKIP_CODECS
+            header = _header_frames(self.container, self.stream)
+            if self.clamp and header:
+                self.keep = header - 1
+        if self.clock is not None and self.first > 0:
+            reach = max(self.clock.index(p.pts) for p in head if p.size)
+            if reach < self.first or any(p.is_keyframe for p in head[1:]):
+                packets, head = self._seek(self.clock.pts(self.first), head)
+        for packet in itertools.chain(head, packets):
+            if self._feed(packet):
+                return self.frames, None
+        return self.frames, self._at_end()
+
+    def _trusted_clock(self, head: list[Any]) -> _Clock | None:
+        """The stream's clock if the first packets' timestamps look like presentation
+        times on its frame grid (distinct, from the first packet's on, about as many
+        frames as packets, and out of decode order when the stream reorders frames);
+        else None: decode-order timestamps (AVI), a variable frame rate, an edit list
+        that drops the first frames. Without a clock frames are only counted."""
+        clock = _Clock.of(self.stream, head[0].pts)
+        sized = [p for p in head if p.size]
+        if clock is None or any(p.pts is None or p.is_discard for p in sized):
+            return None
+        idx = [clock.index(p.pts) for p in sized]
+        if (None in idx or min(idx) != 0 or len(set(idx)) != len(idx)
+                or max(idx) >= len(idx) + LOOKAHEAD_PACKETS):
+            return None
+        reordered = any(b < a for a, b in itertools.pairwise(idx))
+        if self.ctx.has_b_frames and not reordered:
+            return None
+        return clock
+
+    def _seek(self, target: int, head: list[Any]) -> tuple[Any, list[Any]]:
+        """Seek to the keyframe at or before ``target``; back at the first packet this is
+        the plain pass, else frames are identified by timestamp from the first keyframe."""
+        reordered = any(b.pts < a.pts for a, b in itertools.pairwise(head) if a.size and b.size)
+        self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        decode_stats["seeks"] += 1
+        packets = self.container.demux(self.stream)
+        landed = list(itertools.islice(packets, 1))
+        if not landed:
+            raise _Untrusted
+        first, at = head[0], landed[0]
+        if (at.pos, at.dts, at.pts) != (first.pos, first.dts, first.pts):
+            self.by_time, self.started, self.reordered = True, False, reordered
+        return packets, landed
+
+    def _feed(self, packet: Any) -> bool:
+        """Decode one packet (offering it for dropping when not needed); True when done."""
+        pts = packet.pts
+        if pts is not None:
+            if self.max_pts is not None and pts < self.max_pts:
+                self.reordered = True
+            if self.max_pts is None or pts > self.max_pts:
+                self.max_pts = pts
+        skip = False
+        if (self.can_skip and self.reordered and (self.by_time or self.agree)
+                and packet.size and self.started):
+            idx = self.clock.index(pts)
+            done = self.next if self.by_time else self.count  # frames before are out
+            skip = (idx is not None and idx >= done and idx not in self.want
+                    and idx != self.keep)
+        if skip != self.skip_on:
+            self.ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+            self.skip_on = skip
+        if skip:
+            decode_stats["skip_offered"] += 1
+            if not self.by_time:  # so far index by timestamp == count: switch
+                self.by_time, self.next = True, self.count
+            self.skipped.add(idx)
+        for frame in self.ctx.decode(packet):
+            if self._take(frame):
+                return True
+        return False
+
+    def _take(self, frame: Any) -> bool:
+        """Identify, check and keep one decoded frame; True when all wanted are in."""
+        decode_stats["frames_decoded"] += 1
+        if self.by_time:
+            idx = self.clock.index(frame.pts) if self.clock is not None else None
+            if idx is None:
+                raise _Untrusted
+            if not self.started:  # after a seek: nothing before the keyframe is sound
+                if not frame.key_frame:
+                    return False
+                if idx > self.first:
+                    raise _Untrusted
+                self.started, self.next = True, idx
+            if idx < self.next or any(j not in self.skipped for j in range(self.next, idx)):
+                raise _Untrusted
+            self.next = idx + 1
+        else:
+            idx = self.count
+            if self.agree:
+                self.agree = self.clock is not None and self.clock.index(frame.pts) == idx
+        self.count += 1
+        if frame.is_corrupt:
+            if self.by_time:  # make sure on the plain pass
+                raise _Untrusted
+            raise ValueError(f"{self.name!r} is corrupt: frame {idx} does not decode cleanly")
+        if idx in self.want:
+            self.frames[idx] = self._convert(frame)
+            if len(self.frames) == len(self.want):
+                return True
+        if self.clamp:
+            self.tail, self.tail_index = frame, idx
+        return False
+
+    def _convert(self, frame: Any) -> np.ndarray:
+        decode_stats["frames_converted"] += 1
+        kwargs: dict[str, Any] = {"format": "rgb24", "interpolation": "AREA"}
+        if self.size is not None:
+            kwargs.update(height=self.size[0], width=self.size[1])
+        return _reformatter().reformat(frame, **kwargs).to_ndarray()
+
+    def _at_end(self) -> int:
+        """At the end of the stream: its frame count; missing frames are clamped to the
+        last one, or raise (a truncated file, an index past the end without clamp)."""
+        if self.by_time and not self.started:
+            raise _Untrusted
+        n = self.next if self.by_time else self.count
+        missing = self.want.difference(self.frames)
+        if not missing:
+            return n
+        if min(missing) < n or any(j >= n for j in self.skipped):
+            raise _Untrusted  # a wanted frame, or the end, fell among dropped frames
+        if n == 0:
+            raise ValueError(f"{self.name!r} has no decodable frames")
+        header = _header_frames(self.container, self.stream)
+        if header is not None and n < header - truncation_tolerance(header):
+            raise ValueError(f"{self.name!r} is truncated or corrupt: it decodes to {n} "
+                             f"frames, its header states {header}")
+        if not self.clamp:
+            raise ValueError(f"{self.name!r} has {n} frames; frame index {max(missing)} "
+                             "requested")
+        if self.tail_index != n - 1:
+            raise _Untrusted
+        self.frames[n - 1] = self._convert(self.tail)
+        return n
+
+
+def _decode(name: str, wanted: np.ndarray, size: tuple[int, int] | None, clamp: bool,
+            timed: bool) -> tuple[dict[int, np.ndarray], int | None]:
+    with _open(name) as container:
+        return _ClipDecoder(name, container, wanted, size, clamp, timed).run()
 
 
 def decode_video_frames(
@@ -67,46 +374,24 @@ def decode_video_frames(
     """Frames ``indices`` (0-based, any order, repeats allowed) of a video as uint8
     (len(indices), H, W, 3) RGB, resized to ``size`` = (H, W) by area averaging (None
     keeps the native size). An index past the end raises ValueError, or with ``clamp`` takes
-    the last frame."""
+    the last frame. A file that cannot be opened or decoded, or is truncated, raises
+    ValueError naming it."""
     inds = _check_indices(indices)
     size = _check_size(size)
+    name = os.fspath(path)
     wanted = np.unique(inds)
-    last = int(wanted[-1])
-    frames: dict[int, np.ndarray] = {}
-    count = 0
-    latest: np.ndarray | None = None
+    decode_stats["calls"] += 1
     try:
-        container = av.open(os.fspath(path))
-    except (av.error.FileNotFoundError, av.error.InvalidDataError, OSError) as err:
-        raise ValueError(f"cannot open video {os.fspath(path)!r}: {err}") from err
-    with container:
-        if not container.streams.video:
-            raise ValueError(f"{os.fspath(path)!r} has no video stream")
-        stream = container.streams.video[0]
-        want = set(wanted.tolist())
-        for frame in container.decode(stream):
-            if count in want or (clamp and count == last):
-                kwargs = {"format": "rgb24", "interpolation": "AREA"}
-                if size is not None:
-                    kwargs.update(height=size[0], width=size[1])
-                latest = frame.reformat(**kwargs).to_ndarray()
-                frames[count] = latest
-            elif clamp:
-                latest = None
-            count += 1
-            if count > last:
-                break
-        if count <= last:
-            if not clamp:
-                raise ValueError(
-                    f"{os.fspath(path)!r} has {count} frames; frame index {last} requested"
-                )
-            if count == 0:
-                raise ValueError(f"{os.fspath(path)!r} has no decodable frames")
-    if clamp:
-        top = max(frames)
-        return np.stack([frames[min(int(i), top)] for i in inds])
-    return np.stack([frames[int(i)] for i in inds])
+        try:
+            frames, count = _decode(name, wanted, size, clamp, timed=True)
+        except (_Untrusted, av.error.FFmpegError):  # a decoding error too is confirmed
+            decode_stats["restarts"] += 1
+            frames, count = _decode(name, wanted, size, clamp, timed=False)
+    except (av.error.FFmpegError, OSError) as err:
+        raise ValueError(f"cannot decode video {name!r}: {err}") from err
+    top = len(frames) if count is None else count
+    return np.stack([frames[int(i) if count is None else min(int(i), top - 1)]
+                     for i in inds])
 
 
 def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -151,6 +436,7 @@ def read_frame_folder(
     out = []
     for i in np.minimum(inds, len(files) - 1).tolist():
         if i not in cache:
+            decode_stats["frames_decoded"] += 1
             with Image.open(files[i]) as img:
                 if size is not None and img.format == "JPEG":
                     img.draft("RGB", (size[1], size[0]))  # DCT-domain downscale, much faster
