@@ -69,6 +69,10 @@ def plan(smoke: bool, torch_device: str | None) -> list[dict[str, Any]]:
         add("eval", batch)
     for batch in train_batches:
         add("train", batch)
+        # what training runs by default: uint8 frames and keypoints, heatmaps on the device
+        configs.append({"framework": "jax", "mode": "train", "batch": batch,
+                        "dtype": DTYPES[-1], "runner": "jit", "tuning_choice": "devices",
+                        "remat": "auto", "inputs": "device"})
     row = {**DEFAULT_TUNING_ROW, "batch": 1} if smoke else DEFAULT_TUNING_ROW
     configs.append({"framework": "jax", **row, "runner": "jit", "tuning_choice": "default"})
     return configs
@@ -78,7 +82,8 @@ def label(r: dict[str, Any]) -> str:
     if r["framework"] == "torch":
         return f"torch {r['device']}" + (" autocast" if r["dtype"] == "bfloat16" else "")
     tuning = "Tuning()" if r.get("tuning_choice") == "default" else "Tuning.for_devices"
-    return f"jax {r.get('runner', 'jit')}, {tuning}"
+    device = ", device inputs" if r.get("inputs") == "device" else ""
+    return f"jax {r.get('runner', 'jit')}, {tuning}{device}"
 
 
 def _rate(r: dict[str, Any] | None) -> str:

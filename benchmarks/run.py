@@ -148,6 +148,7 @@ def run_config(
             cmd += ["--runner", config["runner"]]
         if config["mode"] == "train":
             cmd += ["--remat", config.get("remat", "auto")] + (["--plan"] if plan else [])
+            cmd += ["--inputs", config.get("inputs", "host")]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(

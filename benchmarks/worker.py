@@ -42,6 +42,17 @@ def make_clips(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nd
     return rgb, pose, labels
 
 
+def make_device_inputs(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(rgb, keypoints)`` as the loader ships them with device inputs: uint8 NDHWC frames
+    and (B, 2, T, 17, 3) keypoints in heatmap pixels with scores in [0.3, 1)."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (batch, RGB_FRAMES, RGB_SIDE, RGB_SIDE, 3), dtype=np.uint8)
+    kp = np.empty((batch, 2, POSE_FRAMES, 17, 3), np.float32)
+    kp[..., :2] = rng.uniform(0.2 * POSE_SIDE, 0.8 * POSE_SIDE, kp[..., :2].shape)
+    kp[..., 2] = rng.uniform(0.3, 1.0, kp.shape[:-1])
+    return rgb, kp
+
+
 def _cpu_busy_seconds() -> float | None:
     """Busy CPU seconds of the whole machine so far (Linux), or None."""
     try:
@@ -148,11 +159,16 @@ def optimizer() -> Any:
 
 
 def train_step(state: tuple, rgb: Any, pose: Any, labels: Any, rng: Any, *, model: Any,
-               tx: Any) -> tuple[tuple, Any]:
+               tx: Any, inputs: Any = None) -> tuple[tuple, Any]:
     """One JAX train step on ``state = (params, batch_stats, opt_state)``: forward, backward
-    of CE(rgb) + CE(pose), ``tx`` update; returns the new state and the loss."""
+    of CE(rgb) + CE(pose), ``tx`` update; returns the new state and the loss. With
+    ``inputs`` (a DeviceInputs) ``rgb`` is uint8 and ``pose`` keypoints, finished in the step."""
     import jax
     import optax
+
+    if inputs is not None:
+        finished = inputs({"rgb": rgb, "keypoint": pose})
+        rgb, pose = finished["rgb"], finished["heatmap"]
 
     def loss_fn(params, batch_stats):
         (rgb_logits, pose_logits), new = model.apply(
@@ -192,12 +208,22 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
     model = EPAMNet(num_classes=NUM_CLASSES, dtype=dtype, remat=remat, tuning=tuning)
     variables = jax.device_put(_load_flax(args.weights))
     rgb_np, pose_np, labels_np = make_clips(args.batch, args.seed)
-    rgb = jax.device_put(rgb_np.transpose(0, 2, 3, 4, 1))
-    pose = jax.device_put(pose_np.transpose(0, 2, 3, 4, 1))
+    inputs = None
+    if args.inputs == "device":
+        if args.mode != "train":
+            raise SystemExit("--inputs device is for --mode train")
+        from epam_jax.data import DeviceInputs
+
+        inputs = DeviceInputs()
+        rgb, pose = (jax.device_put(x) for x in make_device_inputs(args.batch, args.seed))
+    else:
+        rgb = jax.device_put(rgb_np.transpose(0, 2, 3, 4, 1))
+        pose = jax.device_put(pose_np.transpose(0, 2, 3, 4, 1))
     labels = jax.device_put(labels_np)
     out: dict[str, Any] = {"device": jax.devices()[0].device_kind, "jax": jax.__version__,
                            "runner": runner, "tuning": repr(tuning),
-                           "tuning_choice": args.tuning}
+                           "tuning_choice": args.tuning, "inputs": args.inputs,
+                           "input_bytes_per_clip": (rgb.nbytes + pose.nbytes) // args.batch}
     # 'jit': jax.jit with no compiler options, what a user's plain jax.jit(model.apply) gets
     options = compiler_options() if runner == "jit+options" else None
 
@@ -234,7 +260,7 @@ def run_jax(args: argparse.Namespace) -> dict[str, Any]:
 
         def compile_step(model):
             step = jax.jit(
-                partial(train_step, model=model, tx=tx),
+                partial(train_step, model=model, tx=tx, inputs=inputs),
                 donate_argnums=(0,),
                 compiler_options=options,
             )
@@ -388,6 +414,11 @@ def main(argv: list[str] | None = None) -> None:
         "--tuning", choices=("default", "devices"), default="default",
         help="JAX: the model's tuning, 'default' Tuning() or 'devices' "
         "Tuning.for_devices(jax.devices())",
+    )
+    parser.add_argument(
+        "--inputs", choices=("host", "device"), default="host",
+        help="JAX train step: 'host' feeds float32 frames and heatmaps, 'device' uint8 frames "
+        "and keypoints finished inside the step (epam_jax.data.DeviceInputs)",
     )
     parser.add_argument(
         "--plan", action="store_true",

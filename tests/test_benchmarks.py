@@ -125,7 +125,11 @@ def test_gpu_script_plans_and_tabulates_without_running_a_model(tmp_path):
     full = gpu.plan(False, "cuda")
     jax_rows = [(c["mode"], c["batch"], c["dtype"], c["tuning_choice"])
                 for c in full if c["framework"] == "jax"]
-    assert len(jax_rows) == 11 and jax_rows[-1] == ("eval", 64, "bfloat16", "default")
+    assert len(jax_rows) == 13 and jax_rows[-1] == ("eval", 64, "bfloat16", "default")
+    assert [(c["batch"], c["dtype"]) for c in full if c.get("inputs") == "device"] == [
+        (8, "bfloat16"), (32, "bfloat16")]
+    assert gpu.label(next(c for c in full if c.get("inputs") == "device")) == \
+        "jax jit, Tuning.for_devices, device inputs"
     assert {(c["mode"], c["batch"]) for c in full if c["framework"] == "torch"} == {
         ("eval", 1), ("eval", 16), ("eval", 64), ("train", 8), ("train", 32)}
     assert all(c["framework"] == "jax" for c in gpu.plan(False, None))
