@@ -18,9 +18,10 @@ then read them with ``ClipConfig(video_root='ntu60_224', video_ext='.mp4')``.
 A video is found at ``VIDEO_ROOT/<filename>`` when its annotation has 'filename', else at
 ``VIDEO_ROOT/<pattern with {frame_dir}>``. Every frame is decoded (PyAV), cut to the box
 and resized to SIZE x SIZE, and written as ``OUT/<frame_dir>.mp4`` (H.264, yuv420p, CRF
-18, the source frame rate) or, with ``--format frames``, as JPEG frame folders
-``OUT/<frame_dir>/img_00001.jpg ...``. Keypoints whose extent is too small give the whole
-frame (noted in the manifest); a video without any keypoint fails.
+18, no macroblock tree so that reruns give the same bytes, the source frame rate) or,
+with ``--format frames``, as JPEG frame folders ``OUT/<frame_dir>/img_00001.jpg ...``.
+Keypoints whose extent is too small give the whole frame (noted in the manifest); a
+video without any keypoint fails.
 
 Outputs are written under a temporary name and renamed when complete, so a rerun skips
 finished videos and redoes the rest (an interrupted run is resumed that way).
@@ -72,6 +73,11 @@ FAILURES_SHOWN = 20
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
                 "slower", "veryslow", "placebo")
 _BOX_DEFAULTS = ClipConfig(rgb=False)  # the pipeline's compact-box settings
+# x264's macroblock-tree rate control (on by default) reads uninitialised memory in its
+# AVX-512 code at frame sizes such as 112 or 224 px (not 128 or 256): the same frames then
+# encode to different bytes from run to run (x264 as bundled with PyAV 18). Without it the
+# output depends on the input only; CRF still sets the quality.
+X264_PARAMS = "mbtree=0"
 # Write errors that will hit every later video too: stop the run instead of failing each.
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
@@ -111,7 +117,8 @@ class Settings:
         """The settings as the manifest stores and compares them (encoder ones per format)."""
         rec: dict[str, Any] = {"size": self.size, "format": self.fmt}
         if self.fmt == "mp4":
-            rec.update(codec="libx264", pix_fmt="yuv420p", crf=self.crf, preset=self.preset)
+            rec.update(codec="libx264", pix_fmt="yuv420p", crf=self.crf, preset=self.preset,
+                       x264_params=X264_PARAMS)
         else:
             rec.update(jpeg_quality=self.jpeg_quality)
         rec.update(padding=self.padding, threshold=self.threshold, hw_ratio=self.hw_ratio,
@@ -218,7 +225,8 @@ class _Mp4Writer:
             self.stream = self.container.add_stream("libx264", rate=rate)
             self.stream.width = self.stream.height = settings.size
             self.stream.pix_fmt = "yuv420p"
-            self.stream.options = {"crf": str(settings.crf), "preset": settings.preset}
+            self.stream.options = {"crf": str(settings.crf), "preset": settings.preset,
+                                   "x264-params": X264_PARAMS}
         except BaseException:
             self.container.close()
             raise
