@@ -107,6 +107,10 @@ def check_interrupted_runs_end_with_the_uninterrupted_parameters(tmp_path: Path,
     val = _val_records(tmp_path / "a")
     assert [r["step"] for r in val] == [8, 16]
     assert all(r["num_samples"] == 5 for r in val)  # 5 samples in batches of 4: one padded
+    train = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text()
+             .splitlines() if json.loads(line)["kind"] == "train"]
+    assert train and all(0.0 <= r["input_wait"] <= 1.0 for r in train)
+    assert any(r["input_wait"] > 0 for r in train)  # next() is timed
 
     # The same run, preempted (SIGTERM) after the first checkpoint: it finishes the step,
     # saves it and exits 0; resumed, it is killed (SIGKILL) past the middle; resumed again
