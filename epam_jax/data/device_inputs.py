@@ -21,15 +21,14 @@ import numpy as np
 
 from epam_jax.data.heatmaps_jax import heatmaps_from_keypoints
 from epam_jax.data.pipeline import ClipConfig
-from epam_jax.data.transforms import RGB_MEAN, RGB_STD
+from epam_jax.data.transforms import rgb_normalization
 
 
 def normalize_rgb_on_device(frames: jax.Array) -> jax.Array:
     """(frames - mean) / std per channel in float32: ``normalize_rgb``'s numbers."""
     if frames.shape[-1] != 3:
         raise ValueError(f"expected RGB frames with 3 channels last, got {frames.shape}")
-    mean = np.asarray(RGB_MEAN, np.float32)
-    inv_std = (1.0 / np.asarray(RGB_STD, np.float64)).astype(np.float32)
+    mean, inv_std = rgb_normalization()
     return (frames.astype(jnp.float32) - mean) * inv_std
 
 

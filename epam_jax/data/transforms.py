@@ -152,6 +152,14 @@ def normalize_rgb(
     frames = np.asarray(frames)
     if frames.shape[-1] != 3:
         raise ValueError(f"expected RGB frames with 3 channels last, got {frames.shape}")
-    mean_a = np.asarray(mean, np.float32)
-    inv_std = (1.0 / np.asarray(std, np.float64)).astype(np.float32)
+    mean_a, inv_std = rgb_normalization(mean, std)
     return (frames.astype(np.float32) - mean_a) * inv_std
+
+
+def rgb_normalization(
+    mean: tuple[float, float, float] = RGB_MEAN,
+    std: tuple[float, float, float] = RGB_STD,
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (mean, 1 / std) of ``normalize_rgb``, shared with the device path so that
+    both make the same numbers."""
+    return np.asarray(mean, np.float32), (1.0 / np.asarray(std, np.float64)).astype(np.float32)

@@ -102,7 +102,10 @@ def _mount(path: Path) -> tuple[Path, str | None, str | None]:
 
 def disk_space(path: str | os.PathLike) -> tuple[int, int]:
     """(free bytes for unprivileged writers, total bytes) of the disk holding ``path``."""
-    st = os.statvfs(_existing_ancestor(Path(path)))
+    return _space(os.statvfs(_existing_ancestor(Path(path))))
+
+
+def _space(st: os.statvfs_result) -> tuple[int, int]:
     return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
@@ -115,8 +118,8 @@ def describe_disk(path: str | os.PathLike) -> str:
         st = os.statvfs(_existing_ancestor(Path(path)))
     except OSError as e:
         return f"{text}: free space unknown ({e.strerror})"
-    text += (f" has {_format_bytes(st.f_bavail * st.f_frsize)} free of "
-             f"{_format_bytes(st.f_blocks * st.f_frsize)}")
+    free, total = _space(st)
+    text += f" has {_format_bytes(free)} free of {_format_bytes(total)}"
     if st.f_files and not st.f_favail:
         text += " and no free inodes"
     return text
