@@ -39,7 +39,6 @@ from epam_jax.data import ClipConfig, load_annotations
 from epam_jax.data.datasets import Recipe, get_recipe, read_names
 from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.data.ntu_classes import class_names
-from epam_jax.data.pipeline import check_videos_exist
 from epam_jax.extract import LoadedModel, load_model, run_cli
 from epam_jax.metrics import AVERAGES, ScoreTable, fused_scores, table_metrics
 
@@ -336,7 +335,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         require_prepared=not args.allow_unprepared)
     if not args.host_inputs:
         config = config.device_inputs()
-    check_videos_exist(annotations, config)
     if names_from_file is not None:
         names = class_names(loaded.meta["num_classes"], names_from_file)
     elif recipe is not None:

@@ -45,7 +45,6 @@ import numpy as np
 from epam_jax.checkpoints import describe, load_meta, load_variables
 from epam_jax.data import ClipConfig, load_annotations
 from epam_jax.data.device_inputs import DeviceInputs
-from epam_jax.data.pipeline import check_videos_exist
 from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
 from epam_jax.tuning import Tuning
 from epam_jax.viz import (
@@ -375,7 +374,6 @@ def extract(
         if progress:
             print(f"all {len(annotations)} clips already extracted in {out_dir}")
         return []
-    check_videos_exist(todo, config)
     forward, num_devices = make_forward(loaded, fusion, pooling, DeviceInputs.of(config))
     batch_size = -(-batch_size // num_devices) * num_devices
     # Several hosts: each extracts every process_count-th clip (the loader's eval sharding).
