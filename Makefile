@@ -8,7 +8,7 @@ POSE_PYTHON := $(POSE_ENV)/bin/python
 .PHONY: install pose-env lint test bench demo
 
 install:
-	$(PIP) install -q -e '.[torch,test]'
+	$(PIP) install -q -e '.[torch,test,onnx]'
 
 pose-env:
 	@test -x $(POSE_PYTHON) && $(POSE_PYTHON) -c "import mediapipe" 2>/dev/null || \
