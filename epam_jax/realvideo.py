@@ -75,6 +75,21 @@ def _mediapipe_in_process() -> bool:
     return True
 
 
+def open_pose_tracker(pose_python: str | None = None) -> Any:
+    """A frame-by-frame pose tracker (``epam_jax.data.pose``), chosen as ``video_poses``
+    chooses: the interpreter ``pose_python`` (or ``$EPAM_POSE_PYTHON``) when one is
+    named, else this process when mediapipe imports, else RuntimeError saying how to
+    install it."""
+    from epam_jax.data.pose import PoseTracker, SubprocessPoseTracker
+
+    pose_python = pose_python or os.environ.get("EPAM_POSE_PYTHON") or None
+    if pose_python is not None:
+        return SubprocessPoseTracker(pose_python)
+    if _mediapipe_in_process():
+        return PoseTracker()
+    raise RuntimeError(POSE_INSTALL_HINT)
+
+
 def _poses_in_subprocess(video: Path, python: str, label: int) -> dict[str, Any]:
     if not (Path(python).is_file() and os.access(python, os.X_OK)):
         raise FileNotFoundError(f"pose interpreter {python} does not exist or cannot run")
@@ -183,6 +198,31 @@ class VideoClip:
     annotation: dict[str, Any]
 
 
+def person_inputs(
+    native: np.ndarray, ann: dict[str, Any], config: ClipConfig,
+    box: tuple[int, int, int, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Eval-mode model inputs from the native RGB frames at the clip's RGB indices and
+    the clip's annotation, seen through the person ``box``: (rgb, heatmap, the cropped
+    native frames, the cropped annotation). ``video_clip`` and ``epam_jax.stream``'s
+    windows both go through here."""
+    x0, y0, x1, y1 = box
+    native = native[:, y0:y1, x0:x1]
+    pose_ann = crop_annotation(ann, box)
+    sample = make_sample(pose_ann, dataclasses.replace(config, rgb=False), train=False)
+    size = (config.rgb_size[1], config.rgb_size[0])
+    rgb = normalize_rgb(np.stack([resize_frame(f, size) for f in native]))
+    return rgb, sample["heatmap"], native, pose_ann
+
+
+def display_frames(native: np.ndarray, display_side: int = 224) -> np.ndarray:
+    """Frames resized with their aspect ratio kept, longer side ``display_side``."""
+    height, width = native.shape[1:3]
+    scale = display_side / max(height, width)
+    display = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.stack([resize_frame(f, display) for f in native])
+
+
 def video_clip(
     video: str | os.PathLike[str],
     ann: dict[str, Any],
@@ -202,19 +242,11 @@ def video_clip(
     native = decode_video_frames(video, rgb_inds, size=None, clamp=config.clamp_frames)
     box = person_box(ann, config) if crop else None
     if box is not None:
-        x0, y0, x1, y1 = box
-        native = native[:, y0:y1, x0:x1]
-        pose_ann = crop_annotation(ann, box)
-        sample = make_sample(pose_ann, dataclasses.replace(config, rgb=False), train=False)
-        size = (config.rgb_size[1], config.rgb_size[0])
-        rgb = normalize_rgb(np.stack([resize_frame(f, size) for f in native]))
+        rgb, heatmap, native, pose_ann = person_inputs(native, ann, config, box)
     else:
         pose_ann = ann
         root = dataclasses.replace(config, video_root=os.fspath(video.parent))
         sample = make_sample(dict(ann, filename=video.name), root, train=False)
-        rgb = sample["rgb"]
-    height, width = native.shape[1:3]
-    scale = display_side / max(height, width)
-    display = (max(1, round(width * scale)), max(1, round(height * scale)))
-    frames = np.stack([resize_frame(f, display) for f in native])
-    return VideoClip(rgb, sample["heatmap"], frames, rgb_inds, box, pose_ann)
+        rgb, heatmap = sample["rgb"], sample["heatmap"]
+    frames = display_frames(native, display_side)
+    return VideoClip(rgb, heatmap, frames, rgb_inds, box, pose_ann)

@@ -164,14 +164,18 @@ def overlay(frames: np.ndarray, attention: np.ndarray) -> np.ndarray:
     """
     frames, attention = check_frames_attention(frames, attention)
     lo, hi = _scale_range(attention)
-    height, width = frames.shape[1:3]
-    out = np.empty_like(frames)
-    for t in range(frames.shape[0]):
-        level = _normalise(upsample(attention[t], (height, width)), lo, hi)
-        colour = COLORMAP[np.round(level * 255).astype(np.int64)].astype(np.float32)
-        blend = (1.0 - ALPHA) * frames[t].astype(np.float32) + ALPHA * colour
-        out[t] = np.clip(np.round(blend), 0, 255).astype(np.uint8)
-    return out
+    return np.stack([blend_attention(f, a, lo, hi) for f, a in zip(frames, attention,
+                                                                    strict=True)])
+
+
+def blend_attention(frame: np.ndarray, attention_frame: np.ndarray, lo: float,
+                    hi: float) -> np.ndarray:
+    """One (h, w) attention map, colour-mapped on the scale ``lo``..``hi``, upsampled and
+    blended over one uint8 (H, W, 3) frame."""
+    level = _normalise(upsample(attention_frame, frame.shape[:2]), lo, hi)
+    colour = COLORMAP[np.round(level * 255).astype(np.int64)].astype(np.float32)
+    blend = (1.0 - ALPHA) * frame.astype(np.float32) + ALPHA * colour
+    return np.clip(np.round(blend), 0, 255).astype(np.uint8)
 
 
 def _resize_frames(frames: np.ndarray, max_side: int) -> np.ndarray:

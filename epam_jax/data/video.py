@@ -106,7 +106,7 @@ def frame_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         raise ValueError(f"cannot read video {os.fspath(path)!r}: {err}") from err
 
 
-def _frame_rate(stream: Any) -> float | None:
+def frame_rate(stream: Any) -> float | None:
     """The stream's nominal frame rate (the timestamps' grid), or None."""
     for rate in (stream.base_rate, stream.guessed_rate, stream.average_rate):
         if rate and 0 < rate <= _MAX_RATE:
@@ -119,7 +119,7 @@ def _header_frames(container: Any, stream: Any) -> int | None:
     (the file's when the video is its only stream) times the frame rate; or None."""
     if stream.frames and stream.frames > 0:
         return int(stream.frames)
-    rate = _frame_rate(stream)
+    rate = frame_rate(stream)
     if rate is None:
         return None
     if stream.duration and stream.time_base:
@@ -148,6 +148,15 @@ def _reformatter() -> VideoReformatter:
     return reformatter
 
 
+def to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded frame as uint8 (H, W, 3) RGB, resized to ``size`` = (H, W) by area
+    averaging (None: native size); the conversion every clip's frames go through."""
+    kwargs: dict[str, Any] = {"format": "rgb24", "interpolation": "AREA"}
+    if size is not None:
+        kwargs.update(height=size[0], width=size[1])
+    return _reformatter().reformat(frame, **kwargs).to_ndarray()
+
+
 class _Clock:
     """Frame index <-> timestamp of a stream: index = (pts - origin) / ticks per frame."""
 
@@ -156,7 +165,7 @@ class _Clock:
 
     @classmethod
     def of(cls, stream: Any, origin: int | None) -> _Clock | None:
-        rate = _frame_rate(stream)
+        rate = frame_rate(stream)
         if origin is None or rate is None or not stream.time_base:
             return None
         step = 1.0 / (float(stream.time_base) * rate)
@@ -328,10 +337,7 @@ class _ClipDecoder:
 
     def _convert(self, frame: Any) -> np.ndarray:
         decode_stats["frames_converted"] += 1
-        kwargs: dict[str, Any] = {"format": "rgb24", "interpolation": "AREA"}
-        if self.size is not None:
-            kwargs.update(height=self.size[0], width=self.size[1])
-        return _reformatter().reformat(frame, **kwargs).to_ndarray()
+        return to_rgb(frame, self.size)
 
     def _at_end(self) -> int:
         """At the end of the stream: its frame count; missing frames are clamped to the
