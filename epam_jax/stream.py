@@ -173,10 +173,11 @@ class Source:
                 self.container = av.open(source, timeout=timeout,
                                          options={"rw_timeout": micro})
             else:
-                self.path = Path(source)
-                if not self.path.is_file():
+                path = Path(source)
+                if not path.exists() or path.is_dir():
                     raise FileNotFoundError(f"no video file at {source} (a camera is "
                                             "/dev/videoN or its number N)")
+                self.path = path if path.is_file() else None  # not a pipe: seekable
                 self.container = av.open(source, metadata_errors="ignore")
         except av.error.FFmpegError as err:
             if self.camera is not None:
@@ -193,11 +194,19 @@ class Source:
         if self.fps is None:
             self.container.close()
             raise ValueError(f"{source} states no frame rate; windows are set in seconds")
-        self.live = self.path is None or pace
+        self.live = self.camera is not None or self.url or pace
         self.pace = pace
 
+        self._lock = threading.Lock()
+        self._closed = False
+
     def close(self) -> None:
-        self.container.close()
+        """Close the container once (the reader thread or the consumer, whoever is last:
+        closing it under a decode that is still blocked would crash)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.container.close()
 
 
 class FrameReader(threading.Thread):
@@ -216,7 +225,7 @@ class FrameReader(threading.Thread):
         self.shape: tuple[int, int] | None = None
 
     def _display(self, frame: av.VideoFrame) -> np.ndarray:
-        scale = self.display_side / max(frame.height, frame.width)
+        scale = min(1.0, self.display_side / max(frame.height, frame.width))
         width = max(2, 2 * round(frame.width * scale / 2))
         height = max(2, 2 * round(frame.height * scale / 2))
         return frame.to_ndarray(format="rgb24", width=width, height=height)
@@ -262,6 +271,9 @@ class FrameReader(threading.Thread):
             self._put(_END)
         except Exception as err:  # handed to the consumer, which reports it
             self._put(err)
+        finally:
+            if self.stop.is_set():  # the consumer has given up on this thread
+                self.source.close()
 
 
 # --------------------------------------------------------------------------- outputs
@@ -378,8 +390,8 @@ class Timeline:
                if window.status == "ok" else [])
         row = {
             "window": window.index,
-            "start": round(window.start / self.fps, 4),
-            "end": round(window.end / self.fps, 4),
+            "start": round(window.start / self.fps, 6),
+            "end": round(window.end / self.fps, 6),
             "start_frame": window.start,
             "end_frame": window.end,
             "status": window.status,
@@ -536,9 +548,10 @@ class _Recognizer:
 
     def warm_up(self) -> float:
         """Compile the forward pass before the first frame (seconds taken)."""
-        side = self.config.rgb_size
-        rgb = np.zeros((16, side[0], side[1], 3), np.float32)
-        heat = np.zeros((48, *self.config.heatmap_size, 17), np.float32)
+        side, length = self.config.rgb_size, self.plan.span
+        rgb_frames = len(self.plan.rgb_offsets(length))
+        rgb = np.zeros((rgb_frames, side[0], side[1], 3), np.float32)
+        heat = np.zeros((self.plan.clip_len, *self.config.heatmap_size, 17), np.float32)
         start = time.perf_counter()
         self._run_model(rgb, heat)
         return time.perf_counter() - start
@@ -720,6 +733,8 @@ def recognize_stream(
     min_person: float = 0.5,
     max_side: int = 640,
     backlog: int | None = None,
+    clip_len: int = 48,
+    rgb_stride: int = 3,
 ) -> StreamResult:
     """Recognise actions window by window over ``source``; see the module docstring.
 
@@ -741,11 +756,14 @@ def recognize_stream(
     out_dir = Path(out_dir)
     src = Source(source, pace=pace, timeout=stall_timeout)
     files: list[Path] = []
+    reader: FrameReader | None = None
     try:
-        plan = WindowPlan(max(1, round(window * src.fps)), max(1, round(stride * src.fps)))
+        plan = WindowPlan(max(1, round(window * src.fps)), max(1, round(stride * src.fps)),
+                          clip_len, rgb_stride)
         # rgb=False: the RGB frames come from the stream, not from a dataset's files
         config = ClipConfig(rgb=False, rgb_size=(size, size),
-                            heatmap_size=(size // 4, size // 4))
+                            heatmap_size=(size // 4, size // 4), clip_len=clip_len,
+                            rgb_stride=rgb_stride)
         tracker = None if pose_ann is not None else open_pose_tracker(pose_python)
         with contextlib.ExitStack() as stack:
             if tracker is not None:
@@ -800,7 +818,7 @@ def recognize_stream(
                 wall = time.perf_counter() - wall
                 files += _write_results(rec, timeline, out_dir, video, source, frames)
     finally:
-        src.close()
+        _release(src, reader)
     result = StreamResult(timeline.rows, files, frames, src.fps, wall, rec.pose_seconds,
                           rec.model_seconds, reader.dropped, stopped)
     _report(result, rec.windows, reader.dropped)
@@ -810,6 +828,16 @@ def recognize_stream(
         raise RuntimeError(f"{problem}; the {len(result.rows)} windows so far are in "
                            f"{out_dir}")
     return result
+
+
+def _release(source: Source, reader: FrameReader | None) -> None:
+    """Close the source, or leave that to a reader still blocked in a read."""
+    if reader is not None and reader.is_alive():
+        reader.stop.set()
+        reader.join(timeout=1.0)
+        if reader.is_alive():
+            return  # it closes the source when its read returns
+    source.close()
 
 
 def _check_writable(path: Path) -> None:
@@ -896,6 +924,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-person", type=float, default=0.5,
                         help="share of a window's frames that must show a person "
                              "(default 0.5); fewer: the window is labelled no_person")
+    parser.add_argument("--clip-len", type=int, default=48,
+                        help="pose frames sampled from each window (default 48, the paper's)")
+    parser.add_argument("--rgb-stride", type=int, default=3,
+                        help="RGB frames: every n-th pose frame (default 3: 16 RGB frames)")
     parser.add_argument("--stall-timeout", type=float, default=10.0,
                         help="seconds without a frame before the source counts as stalled")
     return parser
@@ -922,7 +954,7 @@ def main(argv: Sequence[str] | None = None) -> StreamResult:
             timeline_format=args.timeline_format, video_out=args.video_out,
             video_side=args.video_side, poses=args.poses, pose_python=args.pose_python,
             pace=args.pace == "realtime", stall_timeout=args.stall_timeout,
-            min_person=args.min_person)
+            min_person=args.min_person, clip_len=args.clip_len, rgb_stride=args.rgb_stride)
     except KeyboardInterrupt:
         raise SystemExit(f"interrupted; the windows so far are in {out_dir}") from None
 

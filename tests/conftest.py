@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import jax
@@ -66,3 +69,31 @@ def random_variables(model, seed: int = 0) -> dict:
 
     tree = jax.tree_util.tree_map_with_path(leaf, variable_shapes(model))
     return {col: tree[col] for col in ("params", "batch_stats")}
+
+
+def pose_python() -> str | None:
+    """An interpreter that can run MediaPipe, or None."""
+    if os.environ.get("EPAM_POSE_PYTHON"):
+        return os.environ["EPAM_POSE_PYTHON"]
+    return sys.executable if importlib.util.find_spec("mediapipe") is not None else None
+
+
+def synthetic_person(total: int, img_shape: tuple[int, int],
+                     frame_dir: str = "ntu_S001C001P001R001A001_rgb") -> dict:
+    """A standing COCO-17 skeleton in the middle of the frame, swaying slightly."""
+    h, w = img_shape
+    base = np.array(
+        [(0, -0.38), (-0.02, -0.4), (0.02, -0.4), (-0.04, -0.39), (0.04, -0.39),
+         (-0.08, -0.28), (0.08, -0.28), (-0.1, -0.15), (0.1, -0.15), (-0.1, -0.03),
+         (0.1, -0.03), (-0.05, 0.0), (0.05, 0.0), (-0.05, 0.2), (0.05, 0.2),
+         (-0.05, 0.4), (0.05, 0.4)], np.float32,
+    )
+    t = np.arange(total, dtype=np.float32)[:, None]
+    kp = np.empty((1, total, 17, 2), np.float32)
+    kp[0, :, :, 0] = w * (0.55 + base[:, 0] * h / w) + 10 * np.sin(t / 8)
+    kp[0, :, :, 1] = h * (0.5 + base[:, 1])
+    return {
+        "frame_dir": frame_dir, "label": 0, "img_shape": img_shape, "original_shape": img_shape,
+        "total_frames": total, "keypoint": kp, "keypoint_score": np.ones((1, total, 17),
+                                                                            np.float32),
+    }

@@ -9,7 +9,6 @@ tests/test_data_pose.py); without it, from a synthetic skeleton placed on the pe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import random_variables
+from conftest import pose_python, random_variables, synthetic_person
 from PIL import Image
 
 from epam_jax.checkpoints import save_variables
@@ -61,33 +60,6 @@ def model_dir(tmp_path_factory) -> tuple[Path, dict]:
     variables = random_variables(EPAMNet(num_classes=NUM_CLASSES))
     path = save_variables(tmp_path_factory.mktemp("ckpt") / "epam", variables)
     return path, variables
-
-
-def pose_python() -> str | None:
-    """An interpreter that can run MediaPipe, or None."""
-    if os.environ.get("EPAM_POSE_PYTHON"):
-        return os.environ["EPAM_POSE_PYTHON"]
-    return sys.executable if importlib.util.find_spec("mediapipe") is not None else None
-
-
-def synthetic_person(total: int, img_shape: tuple[int, int]) -> dict:
-    """A standing COCO-17 skeleton in the middle of the frame, swaying slightly."""
-    h, w = img_shape
-    base = np.array(
-        [(0, -0.38), (-0.02, -0.4), (0.02, -0.4), (-0.04, -0.39), (0.04, -0.39),
-         (-0.08, -0.28), (0.08, -0.28), (-0.1, -0.15), (0.1, -0.15), (-0.1, -0.03),
-         (0.1, -0.03), (-0.05, 0.0), (0.05, 0.0), (-0.05, 0.2), (0.05, 0.2),
-         (-0.05, 0.4), (0.05, 0.4)], np.float32,
-    )
-    t = np.arange(total, dtype=np.float32)[:, None]
-    kp = np.empty((1, total, 17, 2), np.float32)
-    kp[0, :, :, 0] = w * (0.55 + base[:, 0] * h / w) + 10 * np.sin(t / 8)
-    kp[0, :, :, 1] = h * (0.5 + base[:, 1])
-    return {
-        "frame_dir": NTU_NAME, "label": 0, "img_shape": img_shape, "original_shape": img_shape,
-        "total_frames": total, "keypoint": kp, "keypoint_score": np.ones((1, total, 17),
-                                                                            np.float32),
-    }
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,17 @@ spatial alignment ``python -m epam_jax.prepare`` (keypoints stay in the raw fram
 
     python -m epam_jax.data.synthetic OUT_DIR --num-classes 6 --train 48 --val 16
     python -m epam_jax.data.synthetic RAW_DIR --raw --size 96 160 --train 8 --val 0
+    python -m epam_jax.data.synthetic LONG_DIR --long-video wave,clap,none,squat
+
+``--long-video`` writes one video of the actions in a row (``none``: a stretch without a
+person) and its poses, for ``python -m epam_jax.stream``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import av
@@ -349,6 +353,50 @@ def make_synthetic_dataset(
     return path
 
 
+def make_long_video(
+    out_dir: str | os.PathLike[str],
+    actions: Sequence[str],
+    segment_frames: int = 96,
+    size: tuple[int, int] = (128, 128),
+    fps: int = 30,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """One video of ``actions`` one after the other, ``segment_frames`` each (``"none"``:
+    the background without a person), and its poses as a one-sample annotation pickle
+    (no person: zeros). Returns (``long.mp4``, ``long_poses.pkl``) in ``out_dir``."""
+    unknown = [a for a in actions if a != "none" and a not in ACTIONS]
+    if not actions or unknown:
+        raise ValueError(f"expected actions from {ACTIONS} or 'none', got {list(actions)}")
+    if segment_frames < 1:
+        raise ValueError(f"expected segment_frames >= 1, got {segment_frames}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames, keypoints, scores = [], [], []
+    for i, action in enumerate(actions):
+        rng = np.random.default_rng([seed, i])
+        if action == "none":
+            bg = np.clip(_background(*size, rng) + 0.5, 0, 255).astype(np.uint8)
+            frames.append(np.repeat(bg[None], segment_frames, axis=0))
+            keypoints.append(np.zeros((1, segment_frames, 17, 2), np.float32))
+            scores.append(np.zeros((1, segment_frames, 17), np.float32))
+            continue
+        clip, kp, score = make_sample(action, segment_frames, size, rng,
+                                      second_person_prob=0.0)
+        frames.append(clip)
+        keypoints.append(np.nan_to_num(kp))
+        scores.append(score)
+    video = out / "long.mp4"
+    _write_video(video, np.concatenate(frames), fps)
+    poses = out / "long_poses.pkl"
+    keypoint = np.concatenate(keypoints, axis=1)
+    save_annotations(poses, [{
+        "frame_dir": "long", "label": 0, "img_shape": tuple(size),
+        "original_shape": tuple(size), "total_frames": keypoint.shape[1],
+        "keypoint": keypoint, "keypoint_score": np.concatenate(scores, axis=1),
+    }])
+    return video, poses
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
@@ -372,7 +420,18 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("MIN", "MAX"),
         help=f"figure height / frame height (default {FIGURE_SCALE}, raw {RAW_FIGURE_SCALE})",
     )
+    parser.add_argument("--long-video", metavar="ACTIONS",
+                        help="comma-separated actions (or 'none'): write long.mp4 and "
+                             "long_poses.pkl instead of a dataset")
+    parser.add_argument("--segment-frames", type=int, default=96,
+                        help="--long-video: frames per action (default 96)")
     args = parser.parse_args(argv)
+    if args.long_video is not None:
+        video, poses = make_long_video(args.out_dir, args.long_video.split(","),
+                                       args.segment_frames, tuple(args.size), args.fps,
+                                       args.seed)
+        print(f"wrote {video} and {poses}")
+        return
     path = make_synthetic_dataset(
         args.out_dir,
         num_classes=args.num_classes,
