@@ -5,7 +5,7 @@ PIP := $(PYTHON) -m pip
 POSE_ENV := $(CURDIR)/.venv-pose
 POSE_PYTHON := $(POSE_ENV)/bin/python
 
-.PHONY: install pose-env lint test bench demo
+.PHONY: install pose-env lint test bench demo stream-demo
 
 install:
 	$(PIP) install -q -e '.[torch,test,onnx]'
@@ -33,3 +33,13 @@ demo: install
 	  --size 64 64
 	$(PYTHON) train.py --config configs/demo.py --workdir $(DEMO_DIR)/run \
 	  --config.data.annotations=$(DEMO_DIR)/data/annotations.pkl
+
+# After make demo: a synthetic video of six actions (and no person) -> the stream timeline.
+stream-demo:
+	$(PYTHON) -m epam_jax.data.synthetic $(DEMO_DIR)/long --long-video \
+	  wave,clap,walk_across,squat,none,jump,walk_across,turn_around --segment-frames 72
+	printf 'wave\nclap\nsquat\njump\nwalk_across\nturn_around\n' > $(DEMO_DIR)/long/names.txt
+	$(PYTHON) -m epam_jax.stream $(DEMO_DIR)/long/long.mp4 --checkpoint $(DEMO_DIR)/run/model \
+	  --poses $(DEMO_DIR)/long/long_poses.pkl --class-names $(DEMO_DIR)/long/names.txt \
+	  --size 64 --clip-len 16 --rgb-stride 4 --window 2 --stride 0.5 \
+	  --out-dir $(DEMO_DIR)/stream --video-out $(DEMO_DIR)/stream/annotated.mp4

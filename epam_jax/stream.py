@@ -450,34 +450,47 @@ class Timeline:
         return out
 
 
-def timeline_picture(rows: Sequence[dict[str, Any]], path: Path, title: str,
-                     leading: int = 5) -> Path:
-    """Probabilities of the leading classes (highest peak over the windows) against the
-    window centres; no-person and dropped stretches shaded."""
+def _spans(rows: Sequence[dict[str, Any]], status: str) -> list[tuple[float, float]]:
+    """Merged (start, end) times of the windows with ``status``."""
+    spans: list[tuple[float, float]] = []
+    for r in rows:
+        if r["status"] != status:
+            continue
+        if spans and r["start"] <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], r["end"]))
+        else:
+            spans.append((r["start"], r["end"]))
+    return spans
+
+
+def timeline_picture(rows: Sequence[dict[str, Any]], scores: np.ndarray,
+                     names: Sequence[str], path: Path, title: str, leading: int = 6) -> Path:
+    """Softmax probabilities of the leading classes (each window's best first, then the
+    highest peaks) against the window centres; no-person and dropped stretches shaded.
+    ``scores``: (windows, classes), NaN where the model did not run."""
     from matplotlib.figure import Figure
 
+    scores = np.asarray(scores, np.float64)
+    probs = np.exp(scores - np.nanmax(scores, axis=1, keepdims=True, initial=-np.inf))
+    probs /= np.nansum(probs, axis=1, keepdims=True)
+    ran = ~np.isnan(scores[:, 0])
+    chosen: list[int] = []
+    if ran.any():
+        best = np.argmax(np.where(np.isnan(probs), -1, probs), axis=1)[ran]
+        peaks = np.nanmax(probs[ran], axis=0)
+        for cls in [*dict.fromkeys(best.tolist()), *np.argsort(-peaks).tolist()]:
+            if cls not in chosen and len(chosen) < leading:
+                chosen.append(int(cls))
     fig = Figure(figsize=(10, 4.2), dpi=110)
     ax = fig.add_subplot()
     centres = np.array([(r["start"] + r["end"]) / 2 for r in rows])
-    peaks: dict[int, float] = {}
-    names: dict[int, str] = {}
-    for r in rows:
-        for entry in r["top"]:
-            peaks[entry["index"]] = max(peaks.get(entry["index"], 0.0), entry["prob"])
-            names[entry["index"]] = entry["name"]
-    for cls in sorted(peaks, key=lambda c: -peaks[c])[:leading]:
-        probs = [next((e["prob"] for e in r["top"] if e["index"] == cls), np.nan)
-                 if r["status"] == "ok" else np.nan for r in rows]
-        ax.plot(centres, probs, marker="o", markersize=3, label=names[cls])
-    shades = {"no_person": ("0.8", "no person"), "dropped": ("#f4b183", "dropped")}
-    shown = set()
-    for r in rows:
-        if r["status"] in shades:
-            colour, label = shades[r["status"]]
-            ax.axvspan(r["start"], r["end"], color=colour, alpha=0.35, lw=0,
-                       label=None if label in shown else label)
-            shown.add(label)
-    ax.set_xlabel("time (s): window centres")
+    for cls in chosen:
+        ax.plot(centres, probs[:, cls], marker="o", markersize=3, label=names[cls])
+    for status, colour, label in (("no_person", "0.75", "no person"),
+                                  ("dropped", "#f4b183", "dropped")):
+        for i, (a, b) in enumerate(_spans(rows, status)):
+            ax.axvspan(a, b, color=colour, alpha=0.4, lw=0, label=None if i else label)
+    ax.set_xlabel("time (s); points at window centres")
     ax.set_ylabel("probability")
     ax.set_ylim(0, 1.02)
     if rows:
@@ -867,11 +880,14 @@ def _write_results(rec: _Recognizer, timeline: Timeline, out_dir: Path,
     if timeline.rows:
         files.append(timeline.path)
         npz = out_dir / "windows.npz"
+        arrays = timeline.arrays(len(timeline.names))
         with atomic_output(npz) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **timeline.arrays(len(timeline.names)))
+            np.savez(f, **arrays)
         files.append(npz)
-        title = f"{Path(source).name}: {len(timeline.rows)} windows, {frames} frames"
-        files.append(timeline_picture(timeline.rows, out_dir / "timeline.png", title))
+        title = (f"{Path(source).name}: {len(timeline.rows)} windows of "
+                 f"{rec.plan.span / rec.source.fps:g} s, {frames} frames")
+        files.append(timeline_picture(timeline.rows, arrays["scores"], timeline.names,
+                                      out_dir / "timeline.png", title))
     if video is not None and video.close(keep=bool(timeline.rows)):
         files.append(video.path)
     return files
