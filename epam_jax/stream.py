@@ -834,7 +834,7 @@ def recognize_stream(
         _release(src, reader)
     result = StreamResult(timeline.rows, files, frames, src.fps, wall, rec.pose_seconds,
                           rec.model_seconds, reader.dropped, stopped)
-    _report(result, rec.windows, reader.dropped)
+    _report(result)
     if stopped == "interrupt":
         raise KeyboardInterrupt
     if problem is not None:
@@ -893,15 +893,16 @@ def _write_results(rec: _Recognizer, timeline: Timeline, out_dir: Path,
     return files
 
 
-def _report(result: StreamResult, windows: int, dropped: int) -> None:
+def _report(result: StreamResult) -> None:
     counts = {s: sum(r["status"] == s for r in result.rows) for s in STATUSES}
     print(f"windows {len(result.rows)} ({counts['ok']} ok, {counts['no_person']} no person, "
-          f"{counts['dropped']} dropped); {result.frames} frames, {dropped} dropped by the "
-          "reader")
+          f"{counts['dropped']} dropped); {result.frames} frames, "
+          f"{result.dropped_frames} dropped by the reader")
+    poses = (f"poses alone {result.real_time_factor(result.pose_seconds):.2f}x"
+             if result.pose_seconds > 0 else "poses from the pose file")
     print(f"real-time factor {result.real_time_factor(result.wall_seconds):.2f}x "
-          f"({result.video_seconds:.1f} s of video in {result.wall_seconds:.1f} s); poses "
-          f"alone {result.real_time_factor(result.pose_seconds):.2f}x, model alone "
-          f"{result.real_time_factor(result.model_seconds):.2f}x")
+          f"({result.video_seconds:.1f} s of video in {result.wall_seconds:.1f} s); {poses}, "
+          f"model alone {result.real_time_factor(result.model_seconds):.2f}x")
     for path in result.files:
         print(f"wrote   {path}")
 
