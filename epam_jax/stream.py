@@ -541,6 +541,7 @@ class _Recognizer:
         self.plan, self.config, self.tracker, self.poses = plan, config, tracker, poses
         self.source, self.reader, self.timeline, self.video = source, reader, timeline, video
         self.min_person = min_person
+        self.persons = 1 if poses is None else int(poses["keypoint"].shape[0])
         self.forward, self.num_devices = make_forward(loaded, fusion="residual",
                                                       pooling="pooled")
         self.keypoints: list[np.ndarray] = []
@@ -615,13 +616,18 @@ class _Recognizer:
     def annotation(self) -> dict[str, Any]:
         """The stream's poses so far as a PoseC3D annotation."""
         shape = self.reader.shape or (0, 0)
-        ann = poses_annotation(self.keypoints, self.scores, shape, sum(self.detected),
-                               frame_dir=Path(self.source.name).stem or "stream")
-        return ann
+        name = Path(self.source.name).stem or "stream"
+        return poses_annotation(self.keypoints, self.scores, shape, sum(self.detected),
+                                frame_dir=name)
+
+    def _persons(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints (M, T, 17, 2) and scores (M, T, 17) of frames [start, stop)."""
+        return (np.stack(self.keypoints[start:stop], axis=1),
+                np.stack(self.scores[start:stop], axis=1))
 
     def _missing_frame(self) -> None:
-        self.keypoints.append(np.zeros((17, 2), np.float32))
-        self.scores.append(np.zeros(17, np.float32))
+        self.keypoints.append(np.zeros((self.persons, 17, 2), np.float32))
+        self.scores.append(np.zeros((self.persons, 17), np.float32))
         self.detected.append(False)
         self.missing.append(True)
 
@@ -633,14 +639,15 @@ class _Recognizer:
             if frame.index >= self.poses["total_frames"]:
                 raise ValueError(f"the pose file has {self.poses['total_frames']} frames, "
                                  f"the video more (frame {frame.index})")
-            kp = self.poses["keypoint"][0, frame.index]
-            score = self.poses["keypoint_score"][0, frame.index]
+            kp = self.poses["keypoint"][:, frame.index]
+            score = self.poses["keypoint_score"][:, frame.index]
             found = bool(np.any(score > 0))
         else:
             start = time.perf_counter()
             joints = self.tracker(frame.image)
             self.pose_seconds += time.perf_counter() - start
             kp, score = to_pixels(joints, shape)
+            kp, score = kp[None], score[None]
             found = joints is not None
         self.keypoints.append(kp)
         self.scores.append(score)
@@ -670,11 +677,11 @@ class _Recognizer:
         if any(self.missing[start:stop]):
             window.status = "dropped"
             return window
+        keypoint, keypoint_score = self._persons(start, stop)
         ann = parse_annotations([{
             "frame_dir": "window", "label": 0, "img_shape": self.reader.shape,
             "original_shape": self.reader.shape, "total_frames": length,
-            "keypoint": np.stack(self.keypoints[start:stop])[None],
-            "keypoint_score": np.stack(self.scores[start:stop])[None],
+            "keypoint": keypoint, "keypoint_score": keypoint_score,
         }])[0]
         window.person_frames = float(np.mean(self.detected[start:stop]))
         window.box = person_box(ann, self.config)

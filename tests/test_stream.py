@@ -223,7 +223,10 @@ def test_stalled_stream_keeps_the_timeline_so_far(loaded, tmp_path: Path) -> Non
     output so far complete and readable."""
     source = write_video(tmp_path / "clip.ts", moving_frames(150), fmt="mpegts")
     poses = tmp_path / "poses.pkl"
-    save_annotations(poses, [synthetic_person(150, (180, 320), "pipe")])
+    two = synthetic_person(150, (180, 320), "pipe")  # two persons, side by side
+    two["keypoint"] = np.concatenate([two["keypoint"], two["keypoint"] - [60, 0]])
+    two["keypoint_score"] = np.concatenate([two["keypoint_score"]] * 2)
+    save_annotations(poses, [two])
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     data = source.read_bytes()
@@ -255,6 +258,10 @@ def test_stalled_stream_keeps_the_timeline_so_far(loaded, tmp_path: Path) -> Non
     with av.open(os.fspath(out / "annotated.mp4")) as container:
         assert sum(1 for _ in container.decode(container.streams.video[0])) > 0
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporaries
+    (read,) = load_annotations(out / "poses.pkl")
+    frames = read["total_frames"]
+    assert rows[-1]["end_frame"] <= frames < 150
+    np.testing.assert_array_equal(read["keypoint"], two["keypoint"][:, :frames])
 
 
 def test_live_pace_drops_windows_to_keep_up(loaded, tmp_path: Path, monkeypatch) -> None:

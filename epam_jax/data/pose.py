@@ -206,15 +206,16 @@ def serve(model_complexity: int = 1, min_detection_confidence: float = 0.5) -> N
 def poses_annotation(keypoints: Sequence[np.ndarray], scores: Sequence[np.ndarray],
                      shape: tuple[int, int], detected: int, label: int = 0,
                      frame_dir: str = "video") -> dict[str, Any]:
-    """One person's per-frame keypoints (17, 2) and scores (17,) as a PoseC3D sample."""
+    """Per-frame keypoints (M, 17, 2) and scores (M, 17) of M persons as a PoseC3D
+    sample (keypoint (M, T, 17, 2), keypoint_score (M, T, 17))."""
     return {
         "frame_dir": frame_dir,
         "label": int(label),
         "img_shape": tuple(shape),
         "original_shape": tuple(shape),
         "total_frames": len(keypoints),
-        "keypoint": np.stack(keypoints)[None],
-        "keypoint_score": np.clip(np.stack(scores), 0.0, 1.0)[None],
+        "keypoint": np.stack(keypoints, axis=1),
+        "keypoint_score": np.clip(np.stack(scores, axis=1), 0.0, 1.0),
         "num_detected": int(detected),
     }
 
@@ -244,8 +245,8 @@ def video_to_annotation(
             joints = tracker(detection_image(frame, max_side))
             kp, score = to_pixels(joints, shape)
             detected += joints is not None
-            keypoints.append(kp)
-            scores.append(score)
+            keypoints.append(kp[None])
+            scores.append(score[None])
     if shape is None:
         raise ValueError(f"{os.fspath(path)!r} has no decodable video frames")
     return poses_annotation(keypoints, scores, shape, detected, label,
