@@ -4,6 +4,7 @@
                              [--train-batches 2,8] [--dtypes float32,bfloat16]
                              [--torch-threads auto] [--allocator auto|default|tuned|both]
                              [--jax-runners jit,jit+options,concurrent] [--tuning default]
+                             [--frameworks jax,torch,onnxruntime] [--ort-threads 0]
 
 One run measures, on the same weights and the same clips (16x224x224 RGB and
 48x56x56x17 pose heatmaps): eval throughput, train-step throughput (forward,
@@ -40,6 +41,12 @@ bfloat16 autocast beside JAX's two dtypes, and memory is the device's peak
 (XLA's allocator statistics, ``torch.cuda.max_memory_allocated``). JAX does not
 preallocate (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless set): this process
 itself starts JAX, which would otherwise hold 75% of the GPU for its lifetime.
+
+With ``--frameworks jax,torch,onnxruntime`` (opt-in; needs the ``onnx`` extra) the JAX
+model is also exported to ONNX once (``epam_jax.export.onnx_model``, dynamic batch, in a
+process of its own) and onnxruntime's CPUExecutionProvider runs it at every eval batch on
+the same clips and weights: a table of its clips/s beside JAX's default path and the best
+PyTorch run, and its logits against JAX's.
 
 Also printed: parameters and FLOPs per stream counted from the model
 (``benchmarks.flops``) beside the published figures, and the heatmap
@@ -142,6 +149,8 @@ def run_config(
     ]
     if config["framework"] == "torch":
         cmd += ["--threads", str(config.get("threads", 0)), "--device", config["device"]]
+    elif config["framework"] == "onnxruntime":
+        cmd += ["--threads", str(config.get("threads", 0))]
     else:
         cmd += ["--tuning", config.get("tuning_choice", "default")]
         if config.get("runner"):
@@ -196,7 +205,13 @@ def jax_label(r: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _ort_threads(r: dict[str, Any]) -> str:
+    return f"{r['threads']}T" if r.get("threads") else "default threads"
+
+
 def _label(r: dict[str, Any]) -> str:
+    if r["framework"] == "onnxruntime":
+        return f"onnxruntime cpu fp32 {_ort_threads(r)}"
     if r["framework"] == "torch":
         where = f"{r['threads']}T" if r["device"] == "cpu" else "cuda"
         malloc = ", tuned malloc" if allocator_of(r) == "tuned" else ""
@@ -306,6 +321,71 @@ def output_agreement(results: list[dict[str, Any]]) -> float | None:
     return worst
 
 
+def _eval_rows(results: list[dict[str, Any]], framework: str) -> dict[int, dict[str, Any]]:
+    """Per eval batch, the fastest float32 run of ``framework`` under the default allocator
+    (JAX: its default path, the plain jit), or the failed one where none succeeded."""
+    rows: dict[int, dict[str, Any]] = {}
+    for r in results:
+        if (r["framework"], r["mode"], r.get("dtype", "float32")) != (framework, "eval",
+                                                                       "float32"):
+            continue
+        if allocator_of(r) != "default" or (framework == "jax" and
+                                            jax_label(r) != "jax jit (default)"):
+            continue
+        old = rows.get(r["batch"])
+        if old is None or "error" in old or ("error" not in r and
+                                             r["clips_per_s"] > old["clips_per_s"]):
+            rows[r["batch"]] = r
+    return rows
+
+
+def onnxruntime_table(results: list[dict[str, Any]]) -> str | None:
+    """onnxruntime's eval clips/s per batch beside JAX's default path and the best PyTorch
+    run (float32, default allocator); None when onnxruntime did not run."""
+    ort = _eval_rows(results, "onnxruntime")
+    if not ort:
+        return None
+    jax_rows, torch_rows = _eval_rows(results, "jax"), _eval_rows(results, "torch")
+
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+        if not a or not b or "error" in a or "error" in b:
+            return "-"
+        return f"{a['clips_per_s'] / b['clips_per_s']:.3f}x"
+
+    head = ["batch", "onnxruntime clips/s", "jax jit (default) clips/s", "torch clips/s",
+            "ort / jax", "ort / torch", "ort GB"]
+    lines = [head]
+    for batch in sorted(ort):
+        o, j, t = ort[batch], jax_rows.get(batch), torch_rows.get(batch)
+        rate = "failed" if "error" in o else f"{o['clips_per_s']:.2f} ({_ort_threads(o)})"
+        lines.append([str(batch), rate, _fmt_rate(j), _fmt_rate(t), ratio(o, j), ratio(o, t),
+                      _memory(o)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    text.insert(1, "-" * len(text[0]))
+    return "\n".join(text)
+
+
+def onnxruntime_agreement(results: list[dict[str, Any]]) -> float | None:
+    """Largest relative difference of onnxruntime's and JAX's float32 eval logits (first
+    clip) at the same batch."""
+    jax_rows, worst = _eval_rows(results, "jax"), None
+    for batch, o in _eval_rows(results, "onnxruntime").items():
+        j = jax_rows.get(batch)
+        if not j or "logits" not in o or "logits" not in j:
+            continue
+        a, b = np.asarray(o["logits"]), np.asarray(j["logits"])
+        err = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+        worst = err if worst is None else max(worst, err)
+    return worst
+
+
+def onnxruntime_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("jax2onnx", "onnx", "onnxruntime"))
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -378,7 +458,11 @@ def main(argv: list[str] | None = None) -> None:
         "allocator at the first two eval batches (opt-in rows). 'auto': both where JAX runs "
         "on the CPU, default elsewhere",
     )
-    parser.add_argument("--frameworks", type=_csv(str), default=["jax", "torch"])
+    parser.add_argument("--frameworks", type=_csv(str), default=["jax", "torch"],
+                        help="any of jax, torch, onnxruntime (eval only, on the CPU: the ONNX "
+                        "export of the JAX model; needs pip install 'epam-jax[onnx]')")
+    parser.add_argument("--ort-threads", type=int, default=0,
+                        help="onnxruntime intra-op threads (0: its default, one per core)")
     parser.add_argument("--remat", choices=("auto", "none", "first", "all"), default="auto",
                         help="JAX train step with remat of the first stage of each stream "
                         "('first') or every stage ('all'); 'auto' as little as fits in memory")
@@ -414,6 +498,12 @@ def main(argv: list[str] | None = None) -> None:
         print("no GPU visible to JAX: GPU figures are not measured in this run")
     if args.dtypes is None:
         args.dtypes = ["float32"] if info["jax_backend"] == "cpu" else ["float32", "bfloat16"]
+    if not set(args.frameworks) <= {"jax", "torch", "onnxruntime"}:
+        parser.error(f"--frameworks takes jax, torch and onnxruntime, got {args.frameworks}")
+    if "onnxruntime" in args.frameworks and not onnxruntime_available():
+        args.frameworks = [f for f in args.frameworks if f != "onnxruntime"]
+        print("jax2onnx/onnxruntime are not installed (pip install 'epam-jax[onnx]'): no "
+              "onnxruntime rows")
     if info["torch"] is None and "torch" in args.frameworks:
         args.frameworks = [f for f in args.frameworks if f != "torch"]
         print("torch is not installed: JAX only")
@@ -482,9 +572,21 @@ def main(argv: list[str] | None = None) -> None:
         return {"framework": "torch", "mode": mode, "batch": batch, "dtype": dtype,
                 "threads": threads, "device": torch_device, "allocator": allocator}
 
+    onnx_export: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="epam_bench_") as weights:
         source = prepare_weights(weights, args.seed)
         print(f"weights: {source}; allocator: {args.allocator}")
+        if "onnxruntime" in args.frameworks and args.eval_batches:
+            print("  onnx  export of the JAX model (epam_jax.export.onnx_model) ...", end=" ",
+                  flush=True)
+            onnx_export = run_config({"framework": "onnxruntime", "mode": "export", "batch": 1},
+                                     weights, plain_env, timing, args.timeout)
+            if "error" in onnx_export:
+                print(onnx_export["error"])
+                results.append({**onnx_export, "mode": "eval"})
+                args.frameworks = [f for f in args.frameworks if f != "onnxruntime"]
+            else:
+                print(f"{onnx_export['export_s']:.1f} s, {onnx_export['bytes'] / 2**20:.1f} MiB")
         if torch_device == "cuda":  # PyTorch's own thread count: the GPU does the work
             torch_threads, auto = [0], False
         elif args.torch_threads == "auto":
@@ -506,6 +608,10 @@ def main(argv: list[str] | None = None) -> None:
                     for dtype in torch_dtypes:
                         for threads in torch_threads:
                             run(torch_config(mode, batch, dtype, threads, first_allocator))
+                if "onnxruntime" in args.frameworks and mode == "eval":
+                    run({"framework": "onnxruntime", "mode": "eval", "batch": batch,
+                         "dtype": "float32", "threads": args.ort_threads, "device": "cpu",
+                         "allocator": first_allocator})
                     if auto and len(torch_threads) > 1:
                         tried = [r for r in results[-len(torch_threads):] if "error" not in r]
                         if tried:
@@ -538,6 +644,16 @@ def main(argv: list[str] | None = None) -> None:
     if agreement is not None:
         print(f"eval logits, JAX fp32 vs PyTorch on the same clips: max relative difference "
               f"{agreement:.1e}")
+    ort_table = onnxruntime_table(results)
+    ort_agreement = onnxruntime_agreement(results)
+    if ort_table is not None:
+        print()
+        print("onnxruntime (CPUExecutionProvider, the ONNX export of the same weights) beside "
+              "JAX's default path and the best PyTorch run, eval fp32, clips/s; GB: peak RSS")
+        print(ort_table)
+    if ort_agreement is not None:
+        print(f"eval logits, onnxruntime vs JAX fp32 on the same clips: max relative "
+              f"difference {ort_agreement:.1e}")
     report: dict[str, Any] = {
         "machine": info,
         "settings": {**vars(args), "weights": source,
@@ -545,6 +661,8 @@ def main(argv: list[str] | None = None) -> None:
                                        if tuned.get(k) != os.environ.get(k)}},
         "results": results,
         "logits_max_rel_diff": agreement,
+        "onnx_export": onnx_export,
+        "onnxruntime_logits_max_rel_diff": ort_agreement,
     }
 
     if not args.no_flops:

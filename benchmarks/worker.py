@@ -1,11 +1,14 @@
 """One benchmark configuration, run in its own process; prints one ``RESULT {json}`` line.
 
     python -m benchmarks.worker --framework jax --mode eval --batch 4 --weights DIR
+    python -m benchmarks.worker --framework onnxruntime --mode export --batch 1 --weights DIR
 
 A fresh process per configuration keeps the peak-RSS figure (``ru_maxrss``) and
 the allocator state of one configuration out of the others. Both frameworks
 read the same weights from ``DIR`` (written by ``benchmarks.run``) and make the
-same clips from the same seed, so their outputs can be compared.
+same clips from the same seed, so their outputs can be compared. onnxruntime runs the
+ONNX export of the JAX model (``epam_jax.export``, written once into ``DIR`` by
+``--mode export``) on the CPU.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ NUM_CLASSES = 60
 LR, MOMENTUM, WEIGHT_DECAY = 0.001, 0.9, 3e-4
 TORCH_WEIGHTS = "reference.pt"
 FLAX_WEIGHTS = "variables.npz"
+ONNX_MODEL = "epam.onnx"
 # The rest of the available memory is for the arguments, the compiler's leftovers and the
 # allocator's slack (measured: peak RSS = temporaries + 0.4 GB at train batch 8).
 REMAT_AUTO_SHARE = 0.75
@@ -387,10 +391,65 @@ def run_torch(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------------------
+# onnxruntime
+
+
+def export_onnx(args: argparse.Namespace) -> dict[str, Any]:
+    """Write the ONNX export of the benchmark's weights (dynamic batch) into the weights
+    directory: ``epam_jax.export.onnx_model`` of EPAMNet with the two heads' logits."""
+    import jax
+
+    from epam_jax.export import PORTABLE, onnx_model
+    from epam_jax.extract import LoadedModel
+    from epam_jax.models import EPAMNet
+    from epam_jax.viz import atomic_output
+
+    variables = jax.tree_util.tree_map(np.asarray, _load_flax(args.weights))
+    loaded = LoadedModel(EPAMNet(num_classes=NUM_CLASSES), variables,
+                         {"model": "epam", "num_classes": NUM_CLASSES})
+    t0 = time.perf_counter()
+    model = onnx_model(loaded, ("rgb_logits", "pose_logits"), "multiply", RGB_SIDE)
+    data = model.SerializeToString()
+    with atomic_output(os.path.join(args.weights, ONNX_MODEL)) as tmp:
+        tmp.write_bytes(data)
+    return {"export_s": time.perf_counter() - t0, "bytes": len(data),
+            "tuning": repr(PORTABLE)}
+
+
+def run_onnxruntime(args: argparse.Namespace) -> dict[str, Any]:
+    """Eval of the exported model with onnxruntime's CPUExecutionProvider on the clips the
+    other frameworks see (NDHWC)."""
+    import onnxruntime as ort
+
+    if args.mode != "eval":
+        raise SystemExit("onnxruntime runs --mode eval (or export)")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if args.threads > 0:
+        options.intra_op_num_threads = args.threads
+    t0 = time.perf_counter()
+    session = ort.InferenceSession(os.path.join(args.weights, ONNX_MODEL), options,
+                                   providers=["CPUExecutionProvider"])
+    out: dict[str, Any] = {"onnxruntime": ort.__version__, "threads": args.threads,
+                           "device": "cpu", "compile_s": time.perf_counter() - t0}
+    rgb_np, pose_np, _ = make_clips(args.batch, args.seed)
+    feeds = {"rgb": np.ascontiguousarray(rgb_np.transpose(0, 2, 3, 4, 1)),
+             "heatmap": np.ascontiguousarray(pose_np.transpose(0, 2, 3, 4, 1))}
+    t0 = time.perf_counter()
+    logits = session.run(["rgb_logits", "pose_logits"], feeds)
+    out["first_run_s"] = time.perf_counter() - t0
+    out["logits"] = [np.asarray(x[0], np.float64).round(6).tolist() for x in logits]
+    out.update(measure(lambda: session.run(None, feeds), args.reps, args.min_time,
+                       args.max_time))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--framework", choices=("jax", "torch"), required=True)
-    parser.add_argument("--mode", choices=("eval", "train"), required=True)
+    parser.add_argument("--framework", choices=("jax", "torch", "onnxruntime"), required=True)
+    parser.add_argument("--mode", choices=("eval", "train", "export"), required=True,
+                        help="'export' (onnxruntime only): write the ONNX model into --weights")
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--weights", required=True, help="directory written by benchmarks.run")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -426,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
         "then measures that setting in a fresh process)",
     )
     parser.add_argument("--threads", type=int, default=1,
-                        help="PyTorch intra-op threads (0: PyTorch's default)")
+                        help="PyTorch / onnxruntime intra-op threads (0: the library's default)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where PyTorch runs (JAX runs on its default backend)")
     parser.add_argument("--reps", type=int, default=5)
@@ -436,7 +495,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.plan and (args.framework, args.mode, args.remat) != ("jax", "train", "auto"):
         parser.error("--plan is for --framework jax --mode train --remat auto")
-    result = run_jax(args) if args.framework == "jax" else run_torch(args)
+    if args.mode == "export" and args.framework != "onnxruntime":
+        parser.error("--mode export is for --framework onnxruntime")
+    if args.mode == "export":
+        print("RESULT " + json.dumps(export_onnx(args)), flush=True)
+        return
+    runners = {"jax": run_jax, "torch": run_torch, "onnxruntime": run_onnxruntime}
+    result = runners[args.framework](args)
     if args.plan:
         print("RESULT " + json.dumps(result), flush=True)
         return

@@ -210,3 +210,75 @@ def test_tuning_benchmark_names_each_formulation():
     assert len({t for t, _ in tunings.values()}) == len(FORMULATIONS)
     with pytest.raises(SystemExit, match="unknown formulation 'fast'"):
         tuning_of("fast")
+
+
+def _ort(batch, rate, **extra):
+    return {"framework": "onnxruntime", "mode": "eval", "batch": batch, "dtype": "float32",
+            "device": "cpu", "threads": 0, "clips_per_s": rate, "peak_rss_bytes": 2**30,
+            **extra}
+
+
+def test_onnxruntime_table_sits_beside_the_default_jax_path_and_pytorch():
+    from benchmarks.run import onnxruntime_agreement, onnxruntime_table
+
+    cpu = {"device": "cpu", "allocator": "default"}
+    results = [
+        _jax("eval", 1, "float32", 4.0, runner="jit", logits=[[1.0, -2.0]]),
+        _jax("eval", 1, "float32", 4.4, runner="concurrent"),  # an opt-in: not compared
+        _torch("eval", 1, "float32", 2.0, threads=2, **cpu),
+        _ort(1, 3.0, logits=[[1.0, -2.001]]),
+        _jax("eval", 4, "float32", 5.0, runner="jit"),
+        _ort(4, 0.0, error="exit 1: no memory"),
+    ]
+    assert summarize(results, ["float32"])[1][0]["config"] == "jax jit (default)"
+    lines = [_cells(line) for line in onnxruntime_table(results).splitlines()[2:]]
+    assert lines == [
+        ["1", "3.00 (default threads)", "4.00", "2.00 (2T)", "0.750x", "1.500x", "1.00"],
+        ["4", "failed", "5.00", "-", "-", "-", "-"],
+    ]
+    assert onnxruntime_agreement(results) == pytest.approx(0.001 / 2.0)
+    assert onnxruntime_table(results[:3]) is None
+
+
+def test_run_exports_onnx_once_then_runs_onnxruntime_at_every_eval_batch(monkeypatch,
+                                                                         capsys, tmp_path):
+    from benchmarks import run as run_mod
+
+    calls = []
+
+    def fake_run_config(config, weights, env, timing, timeout, plan=False):
+        if plan:
+            return {**config, "remat_plan": {"choice": "none"}}
+        calls.append(config)
+        if config["mode"] == "export":
+            return {**config, "export_s": 12.0, "bytes": 12 << 20}
+        rate = {"onnxruntime": 3.0, "torch": 2.0}.get(config["framework"], 4.0)
+        return {**config, "clips_per_s": rate, "clips_per_s_median": rate, "best_s": 1.0,
+                "peak_rss_bytes": 2**30, "other_load_max": 0.0, "logits": [[1.0, 2.0]]}
+
+    monkeypatch.setattr(run_mod, "run_config", fake_run_config)
+    monkeypatch.setattr(run_mod, "prepare_weights", lambda d, seed: "fake")
+    monkeypatch.setattr(run_mod, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(run_mod, "machine", lambda: {
+        "cpu": "x", "cpus": 2, "jax": "0", "jax_backend": "cpu", "jax_devices": ["cpu"],
+        "torch": "2", "torch_cuda": None, "platform": "p", "python": "3"})
+    report = tmp_path / "bench.json"
+    run_mod.main(["--eval-batches", "1,4", "--train-batches", "2", "--frameworks",
+                  "jax,torch,onnxruntime", "--jax-runners", "jit", "--allocator", "default",
+                  "--torch-threads", "2", "--no-flops", "--no-heatmaps", "--json", str(report)])
+    assert [(c["framework"], c["mode"], c["batch"]) for c in calls] == [
+        ("onnxruntime", "export", 1),
+        ("jax", "eval", 1), ("torch", "eval", 1), ("onnxruntime", "eval", 1),
+        ("jax", "eval", 4), ("torch", "eval", 4), ("onnxruntime", "eval", 4),
+        ("jax", "train", 2), ("torch", "train", 2),
+    ]
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if "ort / jax" in line)
+    assert [_cells(line)[:6] for line in lines[head + 2:head + 4]] == [
+        ["1", "3.00 (default threads)", "4.00", "2.00 (2T)", "0.750x", "1.500x"],
+        ["4", "3.00 (default threads)", "4.00", "2.00 (2T)", "0.750x", "1.500x"],
+    ]
+    saved = json.loads(report.read_text())
+    assert saved["onnx_export"]["export_s"] == 12.0
+    assert saved["onnxruntime_logits_max_rel_diff"] == 0.0

@@ -101,8 +101,10 @@ def test_one_train_step_is_the_same_from_either_path(dataset: Path) -> None:
     loss_d, grads_d, fused_d, stats_d = step(state, dev, inputs)
     assert float(optax.tree.norm(grads_d)) > 0
     assert abs(float(loss_h) - float(loss_d)) <= 1e-5 * abs(float(loss_h))
-    assert _worst(fused_h, fused_d) <= 1e-5
-    assert _worst(stats_h, stats_d) <= 1e-5
+    # one-ulp input differences reach the logits at 1.2e-5 on some CPUs (AMD EPYC, XLA's
+    # CPU kernels), 1e-5 on others
+    assert _worst(fused_h, fused_d) <= 3e-5
+    assert _worst(stats_h, stats_d) <= 3e-5
 
     finished = {k: np.asarray(v) for k, v in jax.jit(inputs)(dev).items()}
     loss_f, grads_f, _, stats_f = step(state, finished, inputs)
