@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
     """Where each output goes; checked for writability before any work."""
+    from epam_jax.viz import check_creatable
+
     out = Path(args.out_dir) if args.out_dir else None
     paths: dict[str, Path | None] = {
         "json": Path(args.json) if args.json else (out / "metrics.json" if out else None),
@@ -285,20 +287,8 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
     }
     for path in paths.values():
         if path is not None:
-            _check_creatable(path.parent)
+            check_creatable(path.parent)
     return paths
-
-
-def _check_creatable(folder: Path) -> None:
-    """Raise unless ``folder`` exists writable or could be created (nothing is made yet,
-    so a failed run leaves no empty folder behind)."""
-    probe = folder.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NotADirectoryError(f"cannot write under {folder}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write under {folder}: {probe} is not writable")
 
 
 def _select(args: argparse.Namespace, recipe: Recipe | None, num_classes: int

@@ -64,7 +64,13 @@ from epam_jax.data.video import decode_video_frames, frame_rate, to_rgb
 from epam_jax.extract import LoadedModel, load_model, make_forward, run_cli
 from epam_jax.predict import require_heads, top_k
 from epam_jax.realvideo import open_pose_tracker, person_box, person_inputs
-from epam_jax.viz import _font, atomic_output, blend_attention, ensure_writable_dir
+from epam_jax.viz import (
+    _font,
+    atomic_output,
+    blend_attention,
+    check_creatable,
+    ensure_writable_dir,
+)
 
 STATUSES = ("ok", "no_person", "dropped")
 TIMELINE_FORMATS = ("jsonl", "csv")
@@ -788,7 +794,7 @@ def recognize_stream(
         with contextlib.ExitStack() as stack:
             if tracker is not None:
                 stack.callback(tracker.close)
-            _check_writable(out_dir)
+            check_creatable(out_dir)
             if not out_dir.exists():
                 stack.callback(_remove_if_empty, out_dir)
             timeline = Timeline(out_dir / f"timeline.{timeline_format}", timeline_format,
@@ -858,17 +864,6 @@ def _release(source: Source, reader: FrameReader | None) -> None:
         if reader.is_alive():
             return  # it closes the source when its read returns
     source.close()
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before the slow part when ``path`` could not be made or written."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NotADirectoryError(f"the output path {probe} exists and is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"the output directory {probe} is not writable")
 
 
 def _remove_if_empty(path: Path) -> None:

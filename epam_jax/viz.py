@@ -107,6 +107,18 @@ def ensure_writable_dir(path: str | os.PathLike[str], what: str = "output") -> P
     return path
 
 
+def check_creatable(folder: Path) -> None:
+    """Raise unless ``folder`` exists writable or could be created (nothing is made yet,
+    so a failed run leaves no empty folder behind)."""
+    probe = folder.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"cannot write under {folder}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write under {folder}: {probe} is not writable")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
