@@ -37,7 +37,6 @@ from epam_jax.data import (
     uniform_sample_indices,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POSE_INSTALL_HINT = (
     "pose extraction needs MediaPipe, which is not importable here. It pins protobuf<5 "
     "(grain needs >=5), so install it in its own environment:\n"
@@ -91,14 +90,11 @@ def open_pose_tracker(pose_python: str | None = None) -> Any:
 
 
 def _poses_in_subprocess(video: Path, python: str, label: int) -> dict[str, Any]:
-    if not (Path(python).is_file() and os.access(python, os.X_OK)):
-        raise FileNotFoundError(f"pose interpreter {python} does not exist or cannot run")
+    from epam_jax.data.pose import pose_interpreter_env
+
+    env = pose_interpreter_env(python)
     with tempfile.TemporaryDirectory(prefix="epam_pose_") as tmp:
         out = Path(tmp) / "poses.pkl"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (os.fspath(PROJECT_ROOT), env.get("PYTHONPATH")) if p
-        )
         cmd = [python, "-m", "epam_jax.data.pose", os.fspath(video), os.fspath(out)]
         done = subprocess.run(
             cmd + ["--label", str(label)], capture_output=True, text=True, env=env

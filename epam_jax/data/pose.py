@@ -112,6 +112,17 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
     return bytes(data)
 
 
+def pose_interpreter_env(python: str) -> dict[str, str]:
+    """The environment to run ``python -m epam_jax.data.pose`` in another interpreter
+    (this project on its PYTHONPATH); FileNotFoundError when ``python`` cannot run."""
+    if not (Path(python).is_file() and os.access(python, os.X_OK)):
+        raise FileNotFoundError(f"pose interpreter {python} does not exist or cannot run")
+    project = os.fspath(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH")) if p)
+    return env
+
+
 class SubprocessPoseTracker:
     """``PoseTracker`` run by another interpreter (one holding mediapipe), frame by frame
     through ``python -m epam_jax.data.pose --serve``; the same answers, the same order.
@@ -119,12 +130,8 @@ class SubprocessPoseTracker:
 
     def __init__(self, python: str, model_complexity: int = 1,
                  min_detection_confidence: float = 0.5) -> None:
-        if not (Path(python).is_file() and os.access(python, os.X_OK)):
-            raise FileNotFoundError(f"pose interpreter {python} does not exist or cannot run")
+        env = pose_interpreter_env(python)
         self.python = python
-        project = os.fspath(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (project, env.get("PYTHONPATH")) if p)
         self._log = tempfile.TemporaryFile()
         cmd = [python, "-m", "epam_jax.data.pose", "--serve",
                "--model-complexity", str(model_complexity),
