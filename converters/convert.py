@@ -391,11 +391,133 @@ def flax_to_torch(variables: Mapping, model: str = "epam", *, num_batches_tracke
 # Files.
 
 
+# The first pickle of a torch.save file from before torch 1.6 (later ones are zip archives).
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_PICKLE_TYPES = {
+    **dict.fromkeys(("EMPTY_DICT", "DICT"), "dict"),
+    **dict.fromkeys(("EMPTY_LIST", "LIST"), "list"),
+    **dict.fromkeys(("EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"), "tuple"),
+    **dict.fromkeys(("EMPTY_SET", "FROZENSET"), "set"),
+    **dict.fromkeys(("BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4"), "int"),
+    **dict.fromkeys(("BINFLOAT", "FLOAT"), "float"),
+    **dict.fromkeys(("BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "STRING",
+                     "BINSTRING", "SHORT_BINSTRING"), "str"),
+    **dict.fromkeys(("BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"), "bytes"),
+    **dict.fromkeys(("NEWTRUE", "NEWFALSE"), "bool"),
+    "NONE": "None",
+}
+
+
+def _torch_file_kind(path: str) -> str:
+    """What the first bytes say: 'zip' (torch.save since 1.6), 'legacy' (torch.save
+    before), 'tar' (the oldest torch.save) or 'pickle' (another pickle); anything else,
+    and an empty file, is a ConversionError saying what the file is."""
+    import pickle
+
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ConversionError(f"{path!r} is empty (0 bytes), not a PyTorch checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "legacy" if head.startswith(pickle.dumps(_TORCH_LEGACY_MAGIC, 2)) else "pickle"
+    if head[257:262] == b"ustar":
+        return "tar"
+    raise ConversionError(
+        f"{path!r} is not a PyTorch checkpoint: not a zip archive or pickle ({size} bytes "
+        f"starting {head[:12]!r}; torch.save writes a zip archive)")
+
+
+def _pickle_contents(data: bytes) -> str:
+    """What a pickle holds as far as ``pickletools`` tells (it parses the opcodes and
+    runs nothing): the classes and functions it names, else its first object's type."""
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []  # the strings pushed so far: a STACK_GLOBAL takes the last two
+    memo: dict[Any, Any] = {}
+    last: Any = None
+    first = None
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name == "STOP":
+                break
+            if name == "MEMOIZE":
+                memo[len(memo)] = last
+                continue
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = last
+                continue
+            if name in ("PROTO", "FRAME", "MARK"):
+                continue
+            if name in ("GET", "BINGET", "LONG_BINGET"):
+                last = memo.get(arg)
+            else:
+                first = first or name
+                if name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                last = arg if isinstance(arg, str) else None
+            if isinstance(last, str):
+                strings.append(last)
+    except Exception:  # noqa: BLE001 - the bytes read end mid-opcode, or stop being a pickle
+        pass
+    if names:
+        unique = list(dict.fromkeys(names))
+        more = f" and {len(unique) - 4} more" if len(unique) > 4 else ""
+        return f"holding {', '.join(unique[:4])}{more}"
+    return f"of a {_PICKLE_TYPES.get(first or '', 'value of unknown type')}"
+
+
+def _refusal(err: BaseException) -> str:
+    """Why torch's safe loader refused a file, without its advice to load it unsafely."""
+    import re
+
+    text = str(err)
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+    if found:
+        return (f"it holds a pickled {found.group(1).rstrip('.')}, not only tensors and plain "
+                "containers, and unpickling that could run code")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    detail = ""
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            detail = detail or (lines[i + 1] if i + 1 < len(lines) else "")
+            break
+    if "weights_only" in detail:
+        detail = ""
+    return ("it holds pickled data the safe loader does not accept"
+            + (f" ({detail})" if detail else "") + ", which could run code when loaded")
+
+
+def _zip_problem(path: str) -> str | None:
+    """Why a zip archive is not a torch.save file, or None when it looks like one."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return ("it is a truncated or damaged zip archive (no central directory; an "
+                "incomplete download or copy?)")
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if not any(n.endswith("/data.pkl") for n in names):
+        listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return (f"it is a zip archive without data.pkl, not one written by torch.save (it "
+                f"holds {listed or 'nothing'})")
+    return None
+
+
 def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw state dict of a ``.pth`` file, read with ``weights_only=True``.
 
     A file holding any pickled object other than tensors and plain containers
-    is refused; nothing in it is executed.
+    is refused; nothing in it is executed. Files that are no checkpoint (empty, not a
+    zip archive or pickle, a plain pickle, a damaged archive) get one line saying what
+    they are.
     """
     import pickle
 
@@ -404,19 +526,32 @@ def read_torch_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    kind = _torch_file_kind(path)
+    if kind == "pickle":
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+        raise ConversionError(
+            f"{path!r} is not a PyTorch checkpoint: a plain Python pickle (protocol "
+            f"{data[1]}, not written by torch.save) {_pickle_contents(data)}")
+    if kind == "zip" and (problem := _zip_problem(path)) is not None:
+        raise ConversionError(f"cannot read {path!r} as a PyTorch checkpoint: {problem}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
-        detail = next((ln for ln in first if "Unsupported global" in ln), first[0] if first
-                      else "")
+        raise ConversionError(f"refusing to load {path!r}: {_refusal(err)}") from None
+    except EOFError:
         raise ConversionError(
-            f"refusing to load {path!r}: it holds pickled objects other than tensors and "
-            f"plain containers, which could run code when loaded ({detail.strip()})"
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as err:
-        raise ConversionError(f"cannot read {path!r} as a PyTorch checkpoint: {err}") from None
-    return unwrap_state_dict(obj)
+            f"cannot read {path!r} as a PyTorch checkpoint: it ends early, after "
+            f"{os.path.getsize(path)} bytes (truncated?)") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for damaged files
+        first = (str(err).strip().splitlines() or [""])[0].split(". ")[0]
+        raise ConversionError(
+            f"cannot read {path!r} as a PyTorch checkpoint: {type(err).__name__}: "
+            f"{first[:300]}") from None
+    try:
+        return unwrap_state_dict(obj)
+    except ConversionError as err:
+        raise ConversionError(f"{path!r}: {err}") from None
 
 
 def load_torch_checkpoint(

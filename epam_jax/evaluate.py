@@ -18,7 +18,10 @@ each fusion, per-class accuracy, and with ``--out-dir`` (or ``--json``, ``--scor
 Batches run through the training library's ``eval_step``, sharded over every device of
 every host (``DataParallel``), and the metrics are ``epam_jax.metrics``, the ones training
 logs: every (video, view) is counted exactly once. Checkpoints: an epam-jax directory or a
-PyTorch ``.pth`` in any container the original wrote (needs the ``torch`` extra).
+PyTorch ``.pth`` in any container the original wrote (needs the ``torch`` extra). Clips
+have the geometry the checkpoint records (``epam_jax.checkpoints.clip_fields``; the
+paper's 48 pose frames, every 3rd as RGB, 224x224, for PyTorch checkpoints);
+``--size``/``--clip-len``/``--rgb-stride`` override it, with a warning when they differ.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from epam_jax.checkpoints import describe_clip
 from epam_jax.data import ClipConfig, load_annotations
 from epam_jax.data.datasets import Recipe, get_recipe, read_names
 from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.data.ntu_classes import class_names
-from epam_jax.extract import LoadedModel, load_model, run_cli
+from epam_jax.extract import LoadedModel, OneLineErrors, load_model, run_cli
 from epam_jax.metrics import AVERAGES, ScoreTable, fused_scores, table_metrics
 
 METRIC_KEYS = ("top1", "top5", "mean_class")
@@ -106,6 +110,8 @@ def evaluate_model(
     num_classes = int(loaded.meta["num_classes"])
     dp, step = _runner(tuple(devices) if devices is not None else None,
                        DeviceInputs.of(config))
+    # no bigger than the clips there are (a huge --batch-size would pad with copies)
+    batch_size = max(1, min(batch_size, len(annotations) * config.num_views))
     batch_size = -(-batch_size // dp.num_devices) * dp.num_devices
     model = loaded.model.clone(tuning=dp.tuning)
     state = dp.put_state(EvalState.create(model, loaded.variables))
@@ -232,8 +238,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _nonnegative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineErrors(
         prog="python -m epam_jax.evaluate",
         description="Top-1, top-5 and mean class accuracy of an EPAM-Net checkpoint on a "
                     "dataset split (the original's protocol by default).")
@@ -253,11 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--average", choices=AVERAGES, default="score",
                    help="average the views as logits (default) or softmax probabilities")
     p.add_argument("--batch-size", type=_positive, default=8, help="clips per step, global")
-    p.add_argument("--size", type=_size, default=224,
-                   help="RGB side (pose heatmaps are size/4); default 224")
-    p.add_argument("--clip-len", type=_positive, default=48, help="pose frames (default 48)")
-    p.add_argument("--rgb-stride", type=_positive, default=3,
-                   help="RGB frame every N pose frames (default 3)")
+    p.add_argument("--size", type=_size, default=None,
+                   help="RGB side (pose heatmaps are size/4); default: the checkpoint's clip "
+                        "geometry (224 for checkpoints that record none)")
+    p.add_argument("--clip-len", type=_positive, default=None,
+                   help="pose frames (default: the checkpoint's, 48 when it records none)")
+    p.add_argument("--rgb-stride", type=_positive, default=None,
+                   help="RGB frame every N pose frames (default: the checkpoint's, 3 when it "
+                        "records none)")
     p.add_argument("--class-names", help="text file, one class name per line")
     p.add_argument("--out-dir", help="write metrics.json, scores.npz and confusion.png here")
     p.add_argument("--json", help="metrics JSON path (overrides --out-dir's)")
@@ -265,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", help="confusion-matrix PNG path (overrides --out-dir's)")
     p.add_argument("--allow-unprepared", action="store_true",
                    help="read videos that are not person-aligned square frames anyway")
-    p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0)")
+    p.add_argument("--workers", type=_nonnegative, default=0,
+                   help="decoding processes (default 0)")
     p.add_argument("--host-inputs", action="store_true",
                    help="draw heatmaps and normalise frames on the host (default: ship "
                         "keypoints and uint8 frames, finished on the device)")
@@ -275,9 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
-    """Where each output goes; checked for writability before any work."""
-    from epam_jax.viz import check_creatable
-
+    """Where each output goes (``main`` makes their folders before any work)."""
     out = Path(args.out_dir) if args.out_dir else None
     paths: dict[str, Path | None] = {
         "json": Path(args.json) if args.json else (out / "metrics.json" if out else None),
@@ -285,9 +300,6 @@ def _outputs(args: argparse.Namespace) -> dict[str, Path | None]:
         "confusion": (Path(args.confusion) if args.confusion
                       else (out / "confusion.png" if out else None)),
     }
-    for path in paths.values():
-        if path is not None:
-            check_creatable(path.parent)
     return paths
 
 
@@ -302,15 +314,27 @@ def _select(args: argparse.Namespace, recipe: Recipe | None, num_classes: int
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from epam_jax.viz import output_dirs
+
     args = build_parser().parse_args(argv)
-    recipe = get_recipe(args.dataset) if args.dataset else None
     outputs = _outputs(args)
+    # the folders are made (and checked writable) first, and removed again on a failure
+    with output_dirs(*dict.fromkeys(p.parent for p in outputs.values() if p is not None)):
+        return _evaluate_cli(args, outputs)
+
+
+def _evaluate_cli(args: argparse.Namespace, outputs: dict[str, Path | None]
+                  ) -> dict[str, Any]:
+    """``main``'s work once the output folders exist."""
+    recipe = get_recipe(args.dataset) if args.dataset else None
     if not Path(args.annotations).is_file():
         raise FileNotFoundError(f"annotation file {args.annotations} not found")
     if not Path(args.video_root).is_dir():
         raise FileNotFoundError(f"video folder {args.video_root} not found")
     names_from_file = read_names(args.class_names) if args.class_names else None
     loaded = load_model(args.checkpoint)
+    geometry = loaded.clip_fields(size=args.size, clip_len=args.clip_len,
+                                  rgb_stride=args.rgb_stride)
     num_classes = loaded.meta.get("num_classes")
     if num_classes is not None and recipe is not None and num_classes != recipe.num_classes:
         raise ValueError(f"{args.checkpoint} classifies {num_classes} classes but the "
@@ -319,9 +343,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         num_classes = recipe.num_classes if recipe else None
     annotations, split = _select(args, recipe, num_classes)
     config = ClipConfig(
-        clip_len=args.clip_len, rgb_stride=args.rgb_stride, rgb_size=(args.size, args.size),
-        heatmap_size=(args.size // 4, args.size // 4), video_root=args.video_root,
-        video_ext=args.video_ext, num_clips=args.num_clips, test_flip=args.flip,
+        **geometry, video_root=args.video_root, video_ext=args.video_ext,
+        num_clips=args.num_clips, test_flip=args.flip,
         require_prepared=not args.allow_unprepared)
     if not args.host_inputs:
         config = config.device_inputs()
@@ -340,8 +363,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             Path(args.annotations).absolute()), "split": split,
         "dataset": recipe.name if recipe else None, "video_root": os.fspath(
             Path(args.video_root).absolute()), "num_clips": args.num_clips, "flip": args.flip,
-        "average": args.average, "num_views": config.num_views, "size": args.size,
-        "clip_len": args.clip_len, "rgb_stride": args.rgb_stride,
+        "average": args.average, "num_views": config.num_views,
+        "size": config.rgb_size[0], "clip_len": config.clip_len,
+        "rgb_stride": config.rgb_stride, "sigma": config.sigma,
         "num_classes": ev.num_classes, "attention_type": loaded.meta.get("attention_type"),
     }
     report = metrics_report(ev, names, settings)
@@ -358,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         " + flip" if args.flip else "") + f", average {args.average}"
     print(f"model       {loaded.meta['model']}, {ev.num_classes} classes, "
           f"{loaded.meta.get('attention_type')}, {loaded.meta['checkpoint']}")
+    print(f"clip        {describe_clip(geometry)}")
     print(f"data        {len(annotations)} videos"
           + (f" of split {split}" if split else "") + f" ({views}), {args.video_root}")
     steady = ((ev.num_clips_run - ev.first_batch_clips)
@@ -369,16 +394,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from epam_jax.viz import atomic_output, save_confusion_matrix
 
     if outputs["json"] is not None:
-        outputs["json"].parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(outputs["json"]) as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         print(f"wrote       {outputs['json']}")
     if outputs["scores"] is not None:
-        outputs["scores"].parent.mkdir(parents=True, exist_ok=True)
         write_scores(outputs["scores"], ev)
         print(f"wrote       {outputs['scores']}")
     if outputs["confusion"] is not None:
-        outputs["confusion"].parent.mkdir(parents=True, exist_ok=True)
         title = (f"{recipe.dataset if recipe else Path(args.annotations).name}"
                  f"{' ' + split if split else ''}: fused top-1 "
                  f"{ev.metrics['fused']['top1']:.2f}%")

@@ -1,7 +1,7 @@
 """Export a trained EPAM-Net (or backbone) for serving: StableHLO or ONNX, with a JSON card.
 
     python -m epam_jax.export CKPT OUT --format stablehlo|onnx [--outputs a,b]
-        [--fusion residual] [--size 224] [--class-names FILE]
+        [--fusion residual] [--size S] [--class-names FILE]
 
 ``CKPT`` is what ``epam_jax.extract.load_model`` reads (an epam-jax checkpoint directory or
 a PyTorch ``.pth``). ``OUT`` gets the artifact, ``OUT.json`` what a caller needs to feed it
@@ -48,7 +48,7 @@ import dataclasses
 import importlib.metadata
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from epam_jax.data.transforms import RGB_MEAN, RGB_STD, rgb_normalization
 from epam_jax.extract import (
     FUSIONS,
     LoadedModel,
+    OneLineErrors,
     _jitted_forward,
     _outputs,
     _size,
@@ -70,7 +71,7 @@ from epam_jax.extract import (
     run_cli,
 )
 from epam_jax.tuning import Tuning
-from epam_jax.viz import atomic_output, ensure_writable_dir
+from epam_jax.viz import atomic_output, output_dirs
 
 FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda")
@@ -176,16 +177,21 @@ def batched_function(loaded: LoadedModel, names: Sequence[str], fusion: str
     return forward
 
 
-def input_shapes(size: int) -> dict[str, tuple[int, ...]]:
-    """Per-clip input shapes at RGB side ``size`` (heatmaps size / 4)."""
-    defaults = _clip_defaults()
-    frames = defaults["clip_len"]
-    return {"rgb": (frames // defaults["rgb_stride"], size, size, 3),
-            "heatmap": (frames, size // 4, size // 4, 17)}
+def input_shapes(clip: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Per-clip input shapes of the clip geometry ``clip`` (``LoadedModel.clip_fields``)."""
+    frames = clip["clip_len"]
+    rgb_frames = len(range(0, frames, clip["rgb_stride"]))
+    return {"rgb": (rgb_frames, *clip["rgb_size"], 3),
+            "heatmap": (frames, *clip["heatmap_size"], 17)}
 
 
 def _clip_defaults() -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(ClipConfig)}
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 # --------------------------------------------------------------------------- the formats
@@ -200,11 +206,11 @@ class Artifact:
 
 
 def _stablehlo(loaded: LoadedModel, names: Sequence[str], fusion: str,
-               size: int) -> tuple[bytes, dict[str, Any], Callable[..., dict]]:
+               clip: Mapping[str, Any]) -> tuple[bytes, dict[str, Any], Callable[..., dict]]:
     forward = batched_function(loaded, names, fusion)
     (batch,) = jax.export.symbolic_shape(BATCH)
     specs = [jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
-             for shape in input_shapes(size).values()]
+             for shape in input_shapes(clip).values()]
     exported = jax.export.export(jax.jit(forward), platforms=PLATFORMS)(*specs)
     data = bytes(exported.serialize())
     runner = jax.export.deserialize(bytearray(data))
@@ -238,7 +244,8 @@ def _import_onnx() -> tuple[Any, Any, Any]:
     return to_onnx, onnx, onnxruntime
 
 
-def onnx_model(loaded: LoadedModel, names: Sequence[str], fusion: str, size: int) -> Any:
+def onnx_model(loaded: LoadedModel, names: Sequence[str], fusion: str,
+               clip: Mapping[str, Any]) -> Any:
     """The ONNX ModelProto: jax2onnx's graph of one clip (``PORTABLE``), run over the
     batch axis by an ONNX ``Scan`` whose inputs 'rgb' and 'heatmap' have a dynamic first
     dimension named 'batch'."""
@@ -246,7 +253,7 @@ def onnx_model(loaded: LoadedModel, names: Sequence[str], fusion: str, size: int
     from onnx import helper
 
     one = clip_function(loaded, PORTABLE, names, fusion)
-    shapes = input_shapes(size)
+    shapes = input_shapes(clip)
     def arrays(rgb: jax.Array, heatmap: jax.Array) -> tuple[jax.Array, ...]:
         out = one(rgb, heatmap)
         return tuple(out[n] for n in names)
@@ -304,9 +311,9 @@ def _drop_unused_initializers(graph: Any) -> set[str]:
 
 
 def _onnx(loaded: LoadedModel, names: Sequence[str], fusion: str,
-          size: int) -> tuple[bytes, dict[str, Any], Callable[..., dict]]:
+          clip: Mapping[str, Any]) -> tuple[bytes, dict[str, Any], Callable[..., dict]]:
     _, _, ort = _import_onnx()
-    model = onnx_model(loaded, names, fusion, size)
+    model = onnx_model(loaded, names, fusion, clip)
     data = model.SerializeToString()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # no warnings about initializers the optimiser drops
@@ -329,10 +336,11 @@ def _onnx(loaded: LoadedModel, names: Sequence[str], fusion: str,
 # --------------------------------------------------------------------------- checking
 
 
-def check_inputs(batch: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(batch: int, clip: Mapping[str, Any], seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Random clips: normalised-looking RGB and heatmaps in [0, 1)."""
     rng = np.random.default_rng(seed)
-    shapes = input_shapes(size)
+    shapes = input_shapes(clip)
     rgb = rng.standard_normal((batch, *shapes["rgb"]), dtype=np.float32)
     heatmap = rng.random((batch, *shapes["heatmap"]), dtype=np.float32)
     return rgb, heatmap
@@ -355,14 +363,15 @@ def reference_function(loaded: LoadedModel, names: Sequence[str], fusion: str
     return run
 
 
-def agreement(run: Callable[..., dict], reference: Callable[..., dict], size: int,
+def agreement(run: Callable[..., dict], reference: Callable[..., dict],
+              clip: Mapping[str, Any],
               batches: Sequence[int] = CHECK_BATCHES) -> dict[str, Any]:
     """Largest differences of ``run`` at each batch size and ``reference`` on the same
     random clips: absolute, and relative to each output's largest reference magnitude.
 
     The reference sees all the clips in one batch (eval treats every clip on its own), so
     it compiles once whatever the batch sizes checked."""
-    clips = [check_inputs(batch, size, seed=batch) for batch in batches]
+    clips = [check_inputs(batch, clip, seed=batch) for batch in batches]
     want = reference(np.concatenate([c[0] for c in clips]),
                      np.concatenate([c[1] for c in clips]))
     per_output: dict[str, dict[str, float]] = {}
@@ -401,11 +410,12 @@ def _version(package: str) -> str | None:
         return None
 
 
-def describe(loaded: LoadedModel, fmt: str, names: Sequence[str], fusion: str, size: int,
-             class_names: Sequence[str] | None) -> dict[str, Any]:
+def describe(loaded: LoadedModel, fmt: str, names: Sequence[str], fusion: str,
+             clip: Mapping[str, Any], class_names: Sequence[str] | None) -> dict[str, Any]:
     """The JSON written beside the artifact (without the format's own fields)."""
     defaults = _clip_defaults()
-    shapes = input_shapes(size)
+    shapes = input_shapes(clip)
+    frames, stride = clip["clip_len"], clip["rgb_stride"]
     one = clip_function(loaded, Tuning(), names, fusion)
     out_shapes = jax.eval_shape(one, *(jax.ShapeDtypeStruct(s, jnp.float32)
                                        for s in shapes.values()))
@@ -439,29 +449,30 @@ def describe(loaded: LoadedModel, fmt: str, names: Sequence[str], fusion: str, s
                 "formula": "(pixel - mean) * inverse_std (epam_jax.data.normalize_rgb)",
             },
             "sampling": (
-                f"{defaults['clip_len']} frame indices by PoseC3D's UniformSampleFrames in "
+                f"{frames} frame indices by PoseC3D's UniformSampleFrames in "
                 "test mode (deterministic, epam_jax.data.eval_clip_indices): the video is "
-                f"split into {defaults['clip_len']} equal segments and one frame taken from "
+                f"split into {frames} equal segments and one frame taken from "
                 f"each (shorter videos: consecutive frames); the RGB clip is every "
-                f"{defaults['rgb_stride']}rd of them ({shapes['rgb'][0]} frames), the heatmaps "
-                f"use all {defaults['clip_len']}"),
-            "rgb_frames": {"count": shapes["rgb"][0], "stride": defaults["rgb_stride"],
-                           "size": [size, size],
+                f"{_ordinal(stride)} of them ({shapes['rgb'][0]} frames), the heatmaps "
+                f"use all {frames}"),
+            "rgb_frames": {"count": shapes["rgb"][0], "stride": stride,
+                           "size": list(clip["rgb_size"]),
                            "crop": "the box around all persons over the whole video, enlarged "
                                    "1.25x, square, resized to size x size "
                                    "(python -m epam_jax.prepare; epam_jax.realvideo)"},
             "heatmaps": {
-                "count": defaults["clip_len"], "size": [size // 4, size // 4],
+                "count": frames, "size": list(clip["heatmap_size"]),
                 "keypoints": "COCO-17 (nose, eyes, ears, shoulders, elbows, wrists, hips, "
                              "knees, ankles; left before right)",
-                "sigma": defaults["sigma"], "use_score": defaults["use_score"],
+                "sigma": clip["sigma"], "use_score": defaults["use_score"],
                 "max_persons": defaults["num_persons"],
-                "drawing": "a Gaussian of sigma 0.6 heatmap pixels at each keypoint, times "
-                           "its score, cut at 3 sigma, max over persons, after the "
+                "drawing": f"a Gaussian of sigma {clip['sigma']:g} heatmap pixels at each "
+                           "keypoint, times its score, cut at 3 sigma, max over persons, after the "
                            "keypoints are moved into their compact box and resized to the "
                            "heatmap size (epam_jax.data.generate_heatmaps)"},
-            "pipeline": "epam_jax.data.make_sample(ann, ClipConfig(rgb_size=(S, S), "
-                        "heatmap_size=(S/4, S/4)), train=False) gives 'rgb' and 'heatmap'",
+            "pipeline": "epam_jax.data.make_sample(ann, ClipConfig(clip_len, rgb_stride, "
+                        "rgb_size, heatmap_size, sigma as above), train=False) gives 'rgb' "
+                        "and 'heatmap'",
         },
         "versions": {
             "epam_jax": _version("epam-jax"), "jax": jax.__version__,
@@ -488,26 +499,27 @@ def class_names_for(loaded: LoadedModel, names: Sequence[str] | None) -> list[st
 
 
 def export(loaded: LoadedModel, fmt: str, *, outputs: Sequence[str] | None = None,
-           fusion: str = "multiply", size: int = 224,
+           fusion: str = "multiply", size: int | None = None,
            class_names: Sequence[str] | None = None, check: bool = True) -> Artifact:
-    """Export ``loaded`` as ``fmt`` ('stablehlo' or 'onnx'); with ``check``, measure its
-    agreement with ``model.apply`` (``CHECK_BATCHES``) and refuse it above ``TOLERANCE``."""
+    """Export ``loaded`` as ``fmt`` ('stablehlo' or 'onnx') for the clip geometry its
+    checkpoint records (``size``: another square RGB side, heatmaps size / 4); with
+    ``check``, measure its agreement with ``model.apply`` (``CHECK_BATCHES``) and refuse it
+    above ``TOLERANCE``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if size <= 0 or size % 4:
-        raise ValueError(f"size must be a positive multiple of 4, got {size}")
+    clip = loaded.clip_fields(size=size)
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     names = output_names(outputs, loaded.has_heads)
     if fmt == "onnx":
         _import_onnx()  # the missing extra is reported before any tracing
     class_names = class_names_for(loaded, class_names)
-    info = describe(loaded, fmt, names, fusion, size, class_names)
+    info = describe(loaded, fmt, names, fusion, clip, class_names)
     build = _stablehlo if fmt == "stablehlo" else _onnx
-    data, extra, run = build(loaded, names, fusion, size)
+    data, extra, run = build(loaded, names, fusion, clip)
     info |= extra
     if check:
-        measured = agreement(run, reference_function(loaded, names, fusion), size)
+        measured = agreement(run, reference_function(loaded, names, fusion), clip)
         measured |= {"tolerance_rel": TOLERANCE[fmt],
                      "reference": "jax.jit(model.apply) of the checkpoint's model "
                                   f"({loaded.model.tuning!r}), on "
@@ -547,7 +559,7 @@ def save(artifact: Artifact, out: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m epam_jax.export",
         description="Export an EPAM-Net checkpoint as StableHLO or ONNX (dynamic batch, "
                     "weights included) with a JSON description beside it.",
@@ -563,8 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fusion", choices=FUSIONS, default="multiply",
                         help="RGB features exported: rgb*attention (default), "
                              "rgb+rgb*attention (what the RGB head sees), or raw")
-    parser.add_argument("--size", type=_size, default=224,
-                        help="RGB side (heatmaps are size/4); default 224")
+    parser.add_argument("--size", type=_size,
+                        help="RGB side (heatmaps are size/4); default: the checkpoint's")
     parser.add_argument("--class-names", help="text file, one class name per line")
     parser.add_argument("--no-check", action="store_true",
                         help="skip the comparison with model.apply (agreement: null)")
@@ -580,7 +592,13 @@ def main(argv: Sequence[str] | None = None) -> tuple[Path, Path]:
     out = Path(args.out)
     if out.is_dir():
         raise IsADirectoryError(f"{out} is a directory; OUT is the artifact's file name")
-    ensure_writable_dir(out.parent, "output")
+    # made before the slow part, and removed again if the export fails
+    with output_dirs(out.parent):
+        return _export_cli(args, out)
+
+
+def _export_cli(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
+    """``main``'s work once the output folder exists."""
     names = None
     if args.class_names is not None:
         from epam_jax.data.datasets import read_names

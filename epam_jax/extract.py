@@ -24,7 +24,10 @@ Files are written atomically (temporary file, then rename), so an interrupted ru
 only complete files, and a rerun skips clips already written. ``extract_meta.json``
 records the settings; a rerun with other settings into the same folder is refused.
 Checkpoints: an epam-jax directory (``epam_jax.checkpoints``) or a PyTorch ``.pth``
-(through ``converters``, needs the ``torch`` extra).
+(through ``converters``, needs the ``torch`` extra). Clips take the geometry the checkpoint
+records (``epam_jax.checkpoints.clip_fields``: pose frames, RGB stride, sizes, sigma; the
+paper's 48 frames and 224x224 for PyTorch checkpoints and descriptions without one);
+``--size`` overrides it, with a warning when it differs (the shapes above are the paper's).
 """
 
 from __future__ import annotations
@@ -36,21 +39,24 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from epam_jax.checkpoints import describe, load_meta, load_variables
+from epam_jax import checkpoints
+from epam_jax.checkpoints import describe, load_meta, load_variables, recorded_geometry
 from epam_jax.data import ClipConfig, load_annotations
 from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
+from epam_jax.streams import check_finite
 from epam_jax.tuning import Tuning
 from epam_jax.viz import (
     atomic_output,
     denormalize_rgb,
     ensure_writable_dir,
+    output_dirs,
     save_attention_pictures,
 )
 
@@ -76,6 +82,11 @@ class LoadedModel:
     def has_heads(self) -> bool:
         return isinstance(self.model, EPAMNet)
 
+    def clip_fields(self, **overrides: Any) -> dict[str, Any]:
+        """The ClipConfig geometry to run this model with: what its checkpoint records
+        (else the paper's), with the given overrides (``checkpoints.clip_fields``)."""
+        return checkpoints.clip_fields(self.meta, **overrides)
+
 
 def _torch_variables(path: Path) -> dict:
     """Variables of a PyTorch EPAM-Net (with heads) or backbone (without) checkpoint."""
@@ -90,10 +101,12 @@ def _torch_variables(path: Path) -> dict:
             f"{path} is a PyTorch checkpoint; reading it needs torch: pip install "
             "'epam-jax[torch]' (or convert it once with python -m converters)"
         ) from err
+    state_dict = converters.read_torch_checkpoint(path)  # one clear line if unreadable
     errors = []
     for model in TWO_STREAM_MODELS:
         try:
-            return converters.load_torch_checkpoint(path, model=model)
+            keyed, _ = converters.normalize_keys(state_dict, model)
+            return converters.torch_to_flax(keyed, model)
         except converters.ConversionError as err:
             errors.append(f"as {model!r}: {err}")
     raise ValueError(
@@ -149,6 +162,9 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.is_file():
+        if path.name == checkpoints.META_FILE:
+            raise ValueError(f"{path} is the description of an epam-jax checkpoint; pass the "
+                             f"directory holding it, {path.parent}")
         if path.suffix not in TORCH_SUFFIXES:
             raise ValueError(
                 f"{path} is a file but not a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}); "
@@ -160,6 +176,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     else:
         meta = load_meta(path)
         build_model(meta)  # refuse other models before reading the weights
+        recorded_geometry(meta, path)  # and a malformed clip geometry
         variables = load_variables(path)
         found = describe(variables)
         if found["model"] != meta["model"]:
@@ -237,9 +254,15 @@ def make_forward(
     def forward(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         pose_key = "keypoint" if "keypoint" in batch else "heatmap"
         arrays = {"rgb": np.asarray(batch["rgb"]), pose_key: np.asarray(batch[pose_key])}
-        if arrays["rgb"].dtype != np.uint8:
-            arrays["rgb"] = arrays["rgb"].astype(np.float32, copy=False)
-        arrays[pose_key] = arrays[pose_key].astype(np.float32, copy=False)
+        for key, array in arrays.items():
+            if array.dtype == np.uint8 and key == "rgb":
+                continue
+            if not np.issubdtype(array.dtype, np.floating):
+                raise ValueError(
+                    f"batch[{key!r}] must be float32 ('rgb' may also be uint8 frames, "
+                    f"normalised on the device), got {array.dtype}")
+            arrays[key] = array.astype(np.float32, copy=False)
+            check_finite(arrays[key], f"batch[{key!r}]")
         if len(arrays["rgb"]) % len(devices):
             raise ValueError(
                 f"batch of {len(arrays['rgb'])} clips does not split over {len(devices)} "
@@ -297,6 +320,8 @@ def _settings(loaded: LoadedModel, config: ClipConfig, fusion: str, pooling: str
         "rgb_size": list(config.rgb_size),
         "heatmap_size": list(config.heatmap_size),
         "clip_len": config.clip_len,
+        "rgb_stride": config.rgb_stride,
+        "sigma": config.sigma,
         "person_crop": crop,
     }
 
@@ -375,9 +400,11 @@ def extract(
             print(f"all {len(annotations)} clips already extracted in {out_dir}")
         return []
     forward, num_devices = make_forward(loaded, fusion, pooling, DeviceInputs.of(config))
-    batch_size = -(-batch_size // num_devices) * num_devices
     # Several hosts: each extracts every process_count-th clip (the loader's eval sharding).
     host, hosts = jax.process_index(), jax.process_count()
+    # no bigger than the clips there are (a huge --batch-size would pad with copies)
+    batch_size = max(1, min(batch_size, -(-len(todo) // hosts)))
+    batch_size = -(-batch_size // num_devices) * num_devices
     loader = ClipLoader(todo, config, batch_size, train=False, shard_index=host,
                         shard_count=hosts, read_threads=read_threads)
     writer = _Writer(out_dir, pictures, gif)
@@ -443,7 +470,7 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m epam_jax.extract",
         description="EPAM-Net features (and attention, logits) of clips to .npz files.",
     )
@@ -467,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "or raw")
     parser.add_argument("--pooling", choices=POOLINGS, default="pooled",
                         help="save pooled vectors, unpooled maps, or both")
-    parser.add_argument("--size", type=_size, default=224,
-                        help="RGB side (pose heatmaps are size/4); default 224")
+    parser.add_argument("--size", type=_size, default=None,
+                        help="RGB side (pose heatmaps are size/4); default: the checkpoint's "
+                             "clip geometry (224 for checkpoints that record none)")
     parser.add_argument("--pictures", action="store_true", help="attention PNG per clip")
     parser.add_argument("--gif", action="store_true", help="with --pictures: also a GIF")
     parser.add_argument("--allow-unprepared", action="store_true",
@@ -486,35 +514,51 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     args = build_parser().parse_args(argv)
     if args.batch_size <= 0:
-        raise SystemExit(f"--batch-size must be > 0, got {args.batch_size}")
+        raise SystemExit(f"error: --batch-size must be > 0, got {args.batch_size}")
     if args.gif and not args.pictures:
-        raise SystemExit("--gif needs --pictures")
-    ensure_writable_dir(args.out_dir, "output")
-    sizes = dict(rgb_size=(args.size, args.size), heatmap_size=(args.size // 4, args.size // 4))
+        raise SystemExit("error: --gif needs --pictures")
+    # made first; removed again if the run fails before writing a clip into it
+    with output_dirs(args.out_dir, scratch=(META_FILE,)):
+        written = _extract_cli(args)
+    if not args.quiet:
+        print(f"{len(written)} clip(s) written to {Path(args.out_dir).absolute()}")
+    return written
+
+
+def _extract_cli(args: argparse.Namespace) -> list[Path]:
+    """``main``'s work once the output folder exists."""
     common = dict(fusion=args.fusion, pooling=args.pooling, pictures=args.pictures,
                   gif=args.gif, overwrite=args.overwrite, progress=not args.quiet)
     if args.video is not None:
         from epam_jax.realvideo import single_video_annotation
 
+        loaded = load_model(args.checkpoint)  # a bad checkpoint fails before the poses
+        geometry = loaded.clip_fields(size=args.size)
         ann = single_video_annotation(args.video, args.poses, args.pose_python)
-        loaded = load_model(args.checkpoint)
-        config = ClipConfig(video_root=os.fspath(Path(args.video).parent), **sizes)
+        config = ClipConfig(video_root=os.fspath(Path(args.video).parent), **geometry)
         written = extract_video(args.video, ann, config, loaded, args.out_dir,
                                 crop=args.crop == "person", **common)
     else:
         if args.video_root is None:
-            raise SystemExit("--annotations needs --video-root (the folder of the videos)")
+            raise SystemExit("error: --annotations needs --video-root (the folder of the videos)")
         anns = load_annotations(args.annotations, split=args.split)
         loaded = load_model(args.checkpoint)
         config = ClipConfig(video_root=args.video_root, video_ext=args.video_ext,
-                            require_prepared=not args.allow_unprepared, **sizes)
+                            require_prepared=not args.allow_unprepared,
+                            **loaded.clip_fields(size=args.size))
         if not args.host_inputs:
             config = config.device_inputs()
         written = extract(anns, config, loaded, args.out_dir, batch_size=args.batch_size,
                           **common)
-    if not args.quiet:
-        print(f"{len(written)} clip(s) written to {Path(args.out_dir).absolute()}")
     return written
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse whose refusals (a missing or malformed argument) are one line ``error:
+    ...`` with exit status 2, like ``run_cli``'s, instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (usage: {self.prog} -h)\n")
 
 
 def run_cli(entry: Callable[[], Any]) -> None:

@@ -6,7 +6,10 @@ decode -> poses (MediaPipe, the optional ``pose`` extra; or ``--poses ANN.pkl``)
 person crop -> heatmaps -> EPAM-Net, then prints the top-5 classes of the fused score
 ``rgb_logits + pose_logits`` with NTU RGB+D 60/120 names. MediaPipe pins protobuf<5 and
 cannot share an environment with grain: it runs in this process when importable, else in
-the interpreter given by ``--pose-python`` or ``$EPAM_POSE_PYTHON``.
+the interpreter given by ``--pose-python`` or ``$EPAM_POSE_PYTHON``. The clip has the
+geometry the checkpoint records (pose frames, RGB stride, frame and heatmap sizes; the
+paper's 48 frames of 224x224 for PyTorch checkpoints), printed on the ``clip`` line;
+``--size`` overrides it, with a warning when it differs.
 
 ``--out-dir`` writes ``prediction.json`` (top-k and settings), ``outputs.npz`` (logits,
 scores, attention, sampled frame numbers) and ``attention.png``/``attention.gif``;
@@ -24,14 +27,22 @@ from typing import Any
 
 import numpy as np
 
+from epam_jax.checkpoints import describe_clip
 from epam_jax.data import ClipConfig
 from epam_jax.data.datasets import read_names
 from epam_jax.data.ntu_classes import class_names
-from epam_jax.extract import LoadedModel, load_model, make_forward, run_cli, write_npz
+from epam_jax.extract import (
+    LoadedModel,
+    OneLineErrors,
+    load_model,
+    make_forward,
+    run_cli,
+    write_npz,
+)
 from epam_jax.realvideo import VideoClip, check_video, single_video_annotation, video_clip
 from epam_jax.viz import (
     atomic_output,
-    ensure_writable_dir,
+    output_dirs,
     save_attention_gif,
     save_attention_pictures,
 )
@@ -78,7 +89,7 @@ def _read_names(path: str | None, num_classes: int) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m epam_jax.predict",
         description="Top-5 actions of a video with EPAM-Net, and its attention picture.",
     )
@@ -91,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop", choices=("person", "none"), default="person",
                         help="cut the box around the person out of the frames first (default), "
                              "or feed whole frames (for videos already cropped)")
-    parser.add_argument("--size", type=int, default=224,
-                        help="RGB side; pose heatmaps are size/4 (default 224)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="RGB side; pose heatmaps are size/4 (default: the checkpoint's "
+                             "clip geometry, 224 for checkpoints that record none)")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--class-names", help="text file, one class name per line")
     parser.add_argument("--out-dir", help="write prediction.json, outputs.npz and pictures here")
@@ -104,30 +116,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the CLI; returns what it printed and wrote (for callers and tests)."""
     args = build_parser().parse_args(argv)
-    if args.size <= 0 or args.size % 4:
-        raise SystemExit(f"--size must be a positive multiple of 4, got {args.size}")
+    if args.size is not None and (args.size <= 0 or args.size % 4):
+        raise SystemExit(f"error: --size must be a positive multiple of 4, got {args.size}")
     if args.top_k <= 0:
-        raise SystemExit(f"--top-k must be > 0, got {args.top_k}")
+        raise SystemExit(f"error: --top-k must be > 0, got {args.top_k}")
     video = check_video(args.video)
     png, gif = args.attention_png, args.attention_gif
-    out_dir = None
-    if args.out_dir is not None:
-        out_dir = ensure_writable_dir(args.out_dir, "output")
+    out_dir = None if args.out_dir is None else Path(args.out_dir)
+    if out_dir is not None:
         png = png or out_dir / "attention.png"
         gif = gif or out_dir / "attention.gif"
-    for path in (png, gif):  # fail before the slow part, not after it
-        if path is not None:
-            ensure_writable_dir(Path(path).parent, "picture")
+    pictures = [Path(path).parent for path in (png, gif) if path is not None]
+    # made before the slow part (a folder that cannot be is an error now, not after it),
+    # and removed again if the prediction fails
+    with output_dirs(out_dir), output_dirs(*pictures, what="picture"):
+        return _predict(args, video, out_dir, png, gif)
+
+
+def _predict(args: argparse.Namespace, video: Path, out_dir: Path | None,
+             png: str | os.PathLike[str] | None, gif: str | os.PathLike[str] | None
+             ) -> dict[str, Any]:
+    """``main``'s work once the output folders exist."""
     loaded = load_model(args.checkpoint)
     require_heads(loaded)
     names = _read_names(args.class_names, int(loaded.meta["num_classes"]))
+    geometry = loaded.clip_fields(size=args.size)
 
     ann = single_video_annotation(video, args.poses, args.pose_python)
-    config = ClipConfig(
-        video_root=os.fspath(video.parent),
-        rgb_size=(args.size, args.size),
-        heatmap_size=(args.size // 4, args.size // 4),
-    )
+    config = ClipConfig(video_root=os.fspath(video.parent), **geometry)
     clip = video_clip(video, ann, config, crop=args.crop == "person")
     outputs = predict_clip(loaded, clip)
     best = top_k(outputs["scores"], names, args.top_k)
@@ -139,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{ann['img_shape'][0]}), {detected} frames with a person, {crop}")
     print(f"model   {loaded.meta['model']}, {loaded.meta['num_classes']} classes, "
           f"{loaded.meta['attention_type']}, {loaded.meta['checkpoint']}")
+    print(f"clip    {describe_clip(geometry)}")
     print(f"top-{len(best)} (fused score rgb_logits + pose_logits, softmax probability):")
     width = max(len(b["name"]) for b in best)
     for rank, b in enumerate(best, 1):
@@ -150,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "num_classes": int(loaded.meta["num_classes"]),
         "crop_box": None if clip.box is None else list(clip.box),
         "frame_indices": clip.frame_indices.tolist(),
-        "size": args.size,
+        "size": config.rgb_size[0],
+        "clip_len": config.clip_len,
+        "rgb_stride": config.rgb_stride,
         "top": best,
         "outputs": outputs,
         "files": [],

@@ -61,10 +61,11 @@ from epam_jax.data.annotations import parse_annotations, safe_loads
 from epam_jax.data.pipeline import ClipConfig
 from epam_jax.data.transforms import compact_box, nan_to_zero
 from epam_jax.data.video import resize_frame
-from epam_jax.viz import ensure_writable_dir
+from epam_jax.viz import output_dirs
 
 FORMATS = ("mp4", "frames")
 MANIFEST_NAME = "prepare_manifest.json"
+LOCK_NAME = ".prepare.lock"
 MANIFEST_VERSION = 1
 DEFAULT_PATTERN = "{frame_dir}.mp4"
 FALLBACK_FPS = Fraction(30)
@@ -539,7 +540,7 @@ def _lock(out: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX: no lock
         yield
         return
-    with open(out / ".prepare.lock", "w") as handle:
+    with open(out / LOCK_NAME, "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -661,9 +662,9 @@ def prepare_videos(
     video_root = Path(video_root)
     if not video_root.is_dir():
         raise ValueError(f"the video root {video_root} is not a directory")
-    out = ensure_writable_dir(out_dir, "output")
-    manifest_path = out / MANIFEST_NAME
-    with _lock(out):
+    # made now; removed again if the run fails before it writes the manifest
+    with output_dirs(out_dir, scratch=(LOCK_NAME,)) as (out,), _lock(out):
+        manifest_path = out / MANIFEST_NAME
         try:
             old = _read_manifest(manifest_path)
         except ValueError:

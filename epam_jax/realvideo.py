@@ -8,6 +8,12 @@ with the pipeline's own box rule (``compact_box``: all keypoints of the clip,
 padding 0.25, square, clipped to the frame) before the usual eval pipeline runs.
 ``crop=False`` feeds the whole frame, as ``epam_jax.data.make_sample`` does for
 pre-cropped datasets.
+
+Refused before the slow work, naming the file: a video that cannot be read, holds fewer
+frames than its header states, or has frames under ``MIN_SIDE`` pixels
+(``check_video``); a pose file that holds no sample of this video, or one of another
+length (``single_video_annotation``); a person box under ``MIN_SIDE`` pixels
+(``video_clip``).
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ import importlib.util
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 from epam_jax.data import (
@@ -29,6 +35,7 @@ from epam_jax.data import (
     decode_video_frames,
     load_annotations,
     make_sample,
+    nan_to_zero,
     normalize_rgb,
     parse_annotations,
     resize_frame,
@@ -36,6 +43,7 @@ from epam_jax.data import (
     shift_keypoints,
     uniform_sample_indices,
 )
+from epam_jax.data.video import VideoProbe, check_min_side, probe_video, truncation_tolerance
 
 POSE_INSTALL_HINT = (
     "pose extraction needs MediaPipe, which is not importable here. It pins protobuf<5 "
@@ -47,21 +55,21 @@ POSE_INSTALL_HINT = (
 )
 
 
-def check_video(path: str | os.PathLike[str]) -> Path:
-    """Fail early, naming the path, when a video cannot be opened or decoded."""
+def inspect_video(path: str | os.PathLike[str]) -> tuple[Path, VideoProbe]:
+    """``check_video``'s checks, and what they found (frame count, frame size, rate)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no video file at {path}")
-    try:
-        with av.open(os.fspath(path)) as container:
-            if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
-            next(container.decode(container.streams.video[0]))
-    except StopIteration:
-        raise ValueError(f"{path} has no decodable video frames") from None
-    except (av.error.FFmpegError, OSError) as err:
-        raise ValueError(f"cannot read video {path}: {err}") from err
-    return path
+    probe = probe_video(path)
+    check_min_side(probe.shape, f"each frame of {path}")
+    return path, probe
+
+
+def check_video(path: str | os.PathLike[str]) -> Path:
+    """Fail early, naming the path, when a video is missing, cannot be opened or decoded,
+    holds fewer frames than its header states (one demux pass, no decoding: see
+    ``epam_jax.data.video.probe_video``) or has frames under ``MIN_SIDE`` pixels."""
+    return inspect_video(path)[0]
 
 
 def _mediapipe_in_process() -> bool:
@@ -90,7 +98,10 @@ def open_pose_tracker(pose_python: str | None = None) -> Any:
 
 
 def _poses_in_subprocess(video: Path, python: str, label: int) -> dict[str, Any]:
-    from epam_jax.data.pose import pose_interpreter_env
+    """MediaPipe's poses by ``python -m epam_jax.data.pose`` in the interpreter
+    ``python``: a video it refuses raises its one-line ValueError here, any other
+    failure RuntimeError with the end of its stderr."""
+    from epam_jax.data.pose import EXIT_BAD_INPUT, pose_interpreter_env
 
     env = pose_interpreter_env(python)
     with tempfile.TemporaryDirectory(prefix="epam_pose_") as tmp:
@@ -99,6 +110,9 @@ def _poses_in_subprocess(video: Path, python: str, label: int) -> dict[str, Any]
         done = subprocess.run(
             cmd + ["--label", str(label)], capture_output=True, text=True, env=env
         )
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        if done.returncode == EXIT_BAD_INPUT and errors:
+            raise ValueError(errors[-1].removeprefix("error: "))
         if done.returncode != 0:
             raise RuntimeError(
                 f"pose extraction with {python} failed (exit {done.returncode}):\n"
@@ -135,24 +149,61 @@ def video_poses(
     return ann
 
 
+def _some_names(anns: Sequence[dict[str, Any]], shown: int = 3) -> str:
+    names = ", ".join(repr(a["frame_dir"]) for a in anns[:shown])
+    return names + (f" and {len(anns) - shown} more" if len(anns) > shown else "")
+
+
+def select_pose_sample(anns: Sequence[dict[str, Any]], video: str | os.PathLike[str],
+                       poses: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sample of the pose file ``poses`` that belongs to ``video``: its only one,
+    else the one whose 'frame_dir' is the video's stem or whose 'filename' is its name.
+    None or several of those: ValueError naming a few of the samples."""
+    video = Path(video)
+    if not anns:
+        raise ValueError(f"the pose file {poses} holds no annotation")
+    if len(anns) == 1:
+        return anns[0]
+    matches = [a for a in anns if a["frame_dir"] == video.stem
+               or Path(str(a.get("filename", ""))).name == video.name]
+    if len(matches) == 1:
+        return matches[0]
+    named = f"frame_dir {video.stem!r} or filename {video.name!r}"
+    if not matches:
+        raise ValueError(f"the pose file {poses} holds {len(anns)} samples and none is this "
+                         f"video's ({named}); it holds {_some_names(anns)}")
+    raise ValueError(f"the pose file {poses} holds {len(matches)} samples of this video "
+                     f"({named}): {_some_names(matches)}; expected one")
+
+
+def check_pose_frames(ann: dict[str, Any], frames: int, video: str | os.PathLike[str],
+                      poses: str | os.PathLike[str]) -> None:
+    """Refuse poses whose frame count differs from the video's ``frames`` by more than
+    ``truncation_tolerance``: they are another clip's, or the video is cut."""
+    have, tolerance = int(ann["total_frames"]), truncation_tolerance(frames)
+    if abs(have - frames) > tolerance:
+        raise ValueError(f"the pose file {poses} sample {ann['frame_dir']!r} has {have} "
+                         f"frames, the video {video} has {frames}; they must agree within "
+                         f"{tolerance} frames")
+
+
 def single_video_annotation(
     video: str | os.PathLike[str],
     poses: str | os.PathLike[str] | None = None,
     pose_python: str | None = None,
     label: int = 0,
 ) -> dict[str, Any]:
-    """The annotation of one video: the first sample of a pose pickle, or MediaPipe's.
+    """The annotation of one video: its sample of a pose pickle (``select_pose_sample``,
+    as long as the video: ``check_pose_frames``), or MediaPipe's.
 
     'filename' is set to the video's name and 'frame_dir' to its stem, so
     ``ClipConfig(video_root=video.parent)`` finds it.
     """
-    video = check_video(video)
+    video, probe = inspect_video(video)
     if poses is not None:
-        anns = load_annotations(poses)
-        if not anns:
-            raise ValueError(f"pose file {poses} holds no annotation")
-        ann = anns[0]
-        if not np.any(ann["keypoint_score"] > 0) or not np.any(ann["keypoint"]):
+        ann = select_pose_sample(load_annotations(poses), video, poses)
+        check_pose_frames(ann, probe.frames, video, poses)
+        if not np.any(ann["keypoint_score"] > 0) or not np.any(nan_to_zero(ann["keypoint"])):
             raise ValueError(f"no person found in {video}: the pose file {poses} has none")
     else:
         ann = video_poses(video, pose_python, label)
@@ -172,6 +223,26 @@ def person_box(ann: dict[str, Any], config: ClipConfig) -> tuple[int, int, int, 
         hw_ratio=config.compact_hw_ratio,
         clip_to_image=True,
     )
+
+
+def checked_person_box(video: str | os.PathLike[str], ann: dict[str, Any],
+                       config: ClipConfig) -> tuple[int, int, int, int]:
+    """``person_box``, refused (ValueError) when there is none, the keypoints spanning
+    under ``config.compact_threshold`` pixels, or when it is under ``MIN_SIDE``."""
+    hint = "; the person is too small to recognise (--crop none feeds whole frames)"
+    box = person_box(ann, config)
+    if box is None:
+        kp = nan_to_zero(ann["keypoint"])
+        xs, ys = kp[..., 0][kp[..., 0] != 0], kp[..., 1][kp[..., 1] != 0]
+        if xs.size == 0 or ys.size == 0:
+            raise ValueError(f"no person found in {video}: its poses have no keypoints")
+        raise ValueError(f"the person in {video} spans {np.ptp(xs):.0f}x{np.ptp(ys):.0f} "
+                         f"pixels, under the {config.compact_threshold:g} pixels a person "
+                         f"box needs across and down{hint}")
+    x0, y0, x1, y1 = box
+    where = f"the person box of {video} (x {x0}..{x1}, y {y0}..{y1})"
+    check_min_side((y1 - y0, x1 - x0), where, hint)
+    return box
 
 
 def crop_annotation(ann: dict[str, Any], box: tuple[int, int, int, int]) -> dict[str, Any]:
@@ -230,13 +301,14 @@ def video_clip(
 
     ``crop``: cut the person box out of every frame first (for raw videos; see the
     module docstring); otherwise ``make_sample`` as for a dataset. ``frames`` shows the
-    same region with its aspect ratio kept, longer side ``display_side``.
+    same region with its aspect ratio kept, longer side ``display_side``. A person too
+    small to crop, or a box under ``MIN_SIDE`` pixels, raises ValueError.
     """
     video = check_video(video)
+    box = checked_person_box(video, ann, config) if crop else None
     inds = uniform_sample_indices(ann["total_frames"], config.clip_len, test_mode=True)
     rgb_inds = rgb_indices(inds, config.rgb_stride)
     native = decode_video_frames(video, rgb_inds, size=None, clamp=config.clamp_frames)
-    box = person_box(ann, config) if crop else None
     if box is not None:
         rgb, heatmap, native, pose_ann = person_inputs(native, ann, config, box)
     else:

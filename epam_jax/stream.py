@@ -11,10 +11,16 @@ them instead). Window k covers frames [k * stride, k * stride + span) with span 
 stride the ``--window`` and ``--stride`` seconds at the source's frame rate; a file's last
 window is aligned to its end, so the windows cover the whole video (one window when the
 video is shorter than a span). Each window is one clip of that stretch, made exactly as
-``predict`` makes the clip of a video holding just those frames: 48 pose frames sampled
-by the test-mode rule, the RGB frames at every 3rd of them, cropped to the person box of
+``predict`` makes the clip of a video holding just those frames: ``clip_len`` pose frames
+sampled by the test-mode rule, the RGB frames at every ``rgb_stride``-th of them (the
+checkpoint's recorded geometry, else the paper's 48 and 3; ``--clip-len``,
+``--rgb-stride`` and ``--size`` override it, with a warning), cropped to the person box of
 that window's poses, so the crop follows the person. Windows where too few frames show a
-person are labelled ``no_person``. The model runs on its own thread, beside the poses.
+person, or whose person box is under ``MIN_SIDE`` pixels, are labelled ``no_person``. The
+model runs on its own thread, beside the poses. A file is checked before anything runs
+(``epam_jax.data.video.probe_video``: not short of the frames its header states, frames
+of at least ``MIN_SIDE`` pixels) and again as it is decoded; a ``--poses`` file must
+hold its sample (``epam_jax.realvideo.select_pose_sample``) of about its length.
 
 A live source (camera, URL, or ``--pace realtime``) keeps up instead of falling behind:
 frames that arrive while the reader's queue is full are dropped, and windows holding a
@@ -60,16 +66,31 @@ from epam_jax.data.datasets import read_names
 from epam_jax.data.ntu_classes import class_names
 from epam_jax.data.pose import detection_image, poses_annotation, to_pixels
 from epam_jax.data.sampling import rgb_indices, uniform_sample_indices
-from epam_jax.data.video import decode_video_frames, frame_rate, to_rgb
-from epam_jax.extract import LoadedModel, load_model, make_forward, run_cli
+from epam_jax.data.video import (
+    check_min_side,
+    decode_video_frames,
+    frame_rate,
+    iter_video_frames,
+    probe_video,
+    to_rgb,
+    too_small,
+    truncation_tolerance,
+)
+from epam_jax.extract import LoadedModel, OneLineErrors, load_model, make_forward, run_cli
 from epam_jax.predict import require_heads, top_k
-from epam_jax.realvideo import open_pose_tracker, person_box, person_inputs
+from epam_jax.realvideo import (
+    check_pose_frames,
+    open_pose_tracker,
+    person_box,
+    person_inputs,
+    select_pose_sample,
+)
 from epam_jax.viz import (
     _font,
     atomic_output,
     blend_attention,
-    check_creatable,
     ensure_writable_dir,
+    output_dirs,
 )
 
 STATUSES = ("ok", "no_person", "dropped")
@@ -164,13 +185,15 @@ def _camera_device(source: str) -> str | None:
 
 
 class Source:
-    """An opened video source: its container, frame rate and whether it is live."""
+    """An opened video source: its container, frame rate and whether it is live; a file
+    also its frame count, checked first (``probe_video``, ``check_min_side``)."""
 
     def __init__(self, source: str, pace: bool = False, timeout: float = 10.0) -> None:
         self.name = source
         self.camera = _camera_device(source)
         self.url = self.camera is None and "://" in source
         self.path: Path | None = None
+        self.frames: int | None = None
         try:
             if self.camera is not None:
                 self.container = av.open(self.camera, format="v4l2")
@@ -184,6 +207,10 @@ class Source:
                     raise FileNotFoundError(f"no video file at {source} (a camera is "
                                             "/dev/videoN or its number N)")
                 self.path = path if path.is_file() else None  # not a pipe: seekable
+                if self.path is not None:
+                    probe = probe_video(path)
+                    check_min_side(probe.shape, f"each frame of {source}")
+                    self.frames = probe.frames
                 self.container = av.open(source, metadata_errors="ignore")
         except av.error.FFmpegError as err:
             if self.camera is not None:
@@ -249,7 +276,9 @@ class FrameReader(threading.Thread):
         source = self.source
         try:
             start = time.monotonic()
-            for index, frame in enumerate(source.container.decode(source.stream)):
+            frames = iter_video_frames(source.container, source.name,
+                                       live=source.path is None)
+            for index, frame in enumerate(frames):
                 if self.stop.is_set():
                     return
                 if source.pace:
@@ -259,6 +288,7 @@ class FrameReader(threading.Thread):
                 self.newest = index
                 shape = (frame.height, frame.width)
                 if self.shape is None:
+                    check_min_side(shape, f"each frame of {source.name}")
                     self.shape = shape
                 elif shape != self.shape:
                     raise ValueError(f"{source.name} changed its frame size from "
@@ -548,6 +578,9 @@ class _Recognizer:
         self.source, self.reader, self.timeline, self.video = source, reader, timeline, video
         self.min_person = min_person
         self.persons = 1 if poses is None else int(poses["keypoint"].shape[0])
+        # frames past the end of a pose file that check_pose_frames let through
+        self.pose_slack = (truncation_tolerance(source.frames)
+                           if poses is not None and source.frames is not None else 0)
         self.forward, self.num_devices = make_forward(loaded, fusion="residual",
                                                       pooling="pooled")
         self.keypoints: list[np.ndarray] = []
@@ -642,11 +675,16 @@ class _Recognizer:
             self._missing_frame()
         shape = self.reader.shape
         if self.poses is not None:
-            if frame.index >= self.poses["total_frames"]:
-                raise ValueError(f"the pose file has {self.poses['total_frames']} frames, "
-                                 f"the video more (frame {frame.index})")
-            kp = self.poses["keypoint"][:, frame.index]
-            score = self.poses["keypoint_score"][:, frame.index]
+            total = self.poses["total_frames"]
+            if frame.index >= total + self.pose_slack:
+                raise ValueError(f"the pose file has {total} frames, the video more "
+                                 f"(frame {frame.index})")
+            if frame.index < total:
+                kp = self.poses["keypoint"][:, frame.index]
+                score = self.poses["keypoint_score"][:, frame.index]
+            else:
+                kp = np.zeros((self.persons, 17, 2), np.float32)
+                score = np.zeros((self.persons, 17), np.float32)
             found = bool(np.any(score > 0))
         else:
             start = time.perf_counter()
@@ -690,8 +728,9 @@ class _Recognizer:
             "keypoint": keypoint, "keypoint_score": keypoint_score,
         }])[0]
         window.person_frames = float(np.mean(self.detected[start:stop]))
-        window.box = person_box(ann, self.config)
-        if window.person_frames < self.min_person or window.box is None:
+        window.box = box = person_box(ann, self.config)
+        if (window.person_frames < self.min_person or box is None
+                or too_small((box[3] - box[1], box[2] - box[0]))):
             window.status = "no_person"
             return window
         native = (np.stack([frames[int(i)] for i in rgb_frames]) if isinstance(frames, dict)
@@ -726,17 +765,7 @@ class _Recognizer:
 
 
 def _poses_for(path: str, source: str) -> dict[str, Any]:
-    anns = load_annotations(path)
-    if len(anns) == 1:
-        return anns[0]
-    stem = Path(source).stem
-    matches = [a for a in anns if a.get("frame_dir") == stem
-               or Path(str(a.get("filename", ""))).stem == stem]
-    if len(matches) != 1:
-        raise ValueError(f"the pose file {path} holds {len(anns)} samples and "
-                         f"{len(matches)} name {stem!r} (frame_dir or filename); give one "
-                         "sample, or one named after the video")
-    return matches[0]
+    return select_pose_sample(load_annotations(path), source, path)
 
 
 def recognize_stream(
@@ -784,6 +813,8 @@ def recognize_stream(
     files: list[Path] = []
     reader: FrameReader | None = None
     try:
+        if pose_ann is not None and src.frames is not None:
+            check_pose_frames(pose_ann, src.frames, source, poses)
         plan = WindowPlan(max(1, round(window * src.fps)), max(1, round(stride * src.fps)),
                           clip_len, rgb_stride)
         # rgb=False: the RGB frames come from the stream, not from a dataset's files
@@ -794,9 +825,9 @@ def recognize_stream(
         with contextlib.ExitStack() as stack:
             if tracker is not None:
                 stack.callback(tracker.close)
-            check_creatable(out_dir)
-            if not out_dir.exists():
-                stack.callback(_remove_if_empty, out_dir)
+            # made now; removed again if the run fails before writing into them
+            stack.enter_context(output_dirs(out_dir, None if video_out is None
+                                            else Path(video_out).parent))
             timeline = Timeline(out_dir / f"timeline.{timeline_format}", timeline_format,
                                 names, top, src.fps)
             stack.callback(timeline.close)
@@ -866,11 +897,6 @@ def _release(source: Source, reader: FrameReader | None) -> None:
     source.close()
 
 
-def _remove_if_empty(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.rmdir()  # only succeeds on an empty folder
-
-
 def _write_results(rec: _Recognizer, timeline: Timeline, out_dir: Path,
                    video: VideoWriter | None, source: str, frames: int) -> list[Path]:
     files = []
@@ -913,7 +939,7 @@ def _report(result: StreamResult) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="python -m epam_jax.stream",
         description="EPAM-Net actions over a long video or a live source, window by window.",
     )
@@ -927,8 +953,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stride", type=float, default=1.0,
                         help="seconds between window starts (default 1.0)")
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--size", type=int, default=224,
-                        help="RGB side; pose heatmaps are size/4 (default 224)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="RGB side; pose heatmaps are size/4 (default: the checkpoint's "
+                             "clip geometry, 224 for checkpoints that record none)")
     parser.add_argument("--class-names", help="text file, one class name per line")
     parser.add_argument("--timeline-format", choices=TIMELINE_FORMATS, default="jsonl")
     parser.add_argument("--video-out", help="write the annotated MP4 here")
@@ -943,10 +970,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-person", type=float, default=0.5,
                         help="share of a window's frames that must show a person "
                              "(default 0.5); fewer: the window is labelled no_person")
-    parser.add_argument("--clip-len", type=int, default=48,
-                        help="pose frames sampled from each window (default 48, the paper's)")
-    parser.add_argument("--rgb-stride", type=int, default=3,
-                        help="RGB frames: every n-th pose frame (default 3: 16 RGB frames)")
+    parser.add_argument("--clip-len", type=int, default=None,
+                        help="pose frames sampled from each window (default: the "
+                             "checkpoint's, the paper's 48 when it records none)")
+    parser.add_argument("--rgb-stride", type=int, default=None,
+                        help="RGB frames: every n-th pose frame (default: the checkpoint's, "
+                             "the paper's 3 when it records none: 16 RGB frames)")
     parser.add_argument("--stall-timeout", type=float, default=10.0,
                         help="seconds without a frame before the source counts as stalled")
     return parser
@@ -955,25 +984,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> StreamResult:
     args = build_parser().parse_args(argv)
     if args.top_k <= 0:
-        raise SystemExit(f"--top-k must be > 0, got {args.top_k}")
+        raise SystemExit(f"error: --top-k must be > 0, got {args.top_k}")
     if args.stall_timeout <= 0:
-        raise SystemExit(f"--stall-timeout must be > 0, got {args.stall_timeout}")
+        raise SystemExit(f"error: --stall-timeout must be > 0, got {args.stall_timeout}")
     if args.video_side < 16:
-        raise SystemExit(f"--video-side must be at least 16, got {args.video_side}")
+        raise SystemExit(f"error: --video-side must be at least 16, got {args.video_side}")
+    if args.size is not None and (args.size <= 0 or args.size % 4):  # before the checkpoint
+        raise SystemExit(f"error: --size must be a positive multiple of 4, got {args.size}")
+    for flag in ("window", "stride", "clip_len", "rgb_stride"):
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be > 0, got "
+                             f"{getattr(args, flag)}")
+    if not 0.0 <= args.min_person <= 1.0:
+        raise SystemExit(f"error: --min-person must be a share of frames in [0, 1], got "
+                         f"{args.min_person}")
     out_dir = args.out_dir or f"stream_{Path(args.source).stem or 'camera'}"
     loaded = load_model(args.checkpoint)
     require_heads(loaded)
+    # the checkpoint's clip geometry unless overridden (epam_jax.checkpoints.clip_fields)
+    geometry = loaded.clip_fields(size=args.size, clip_len=args.clip_len,
+                                  rgb_stride=args.rgb_stride)
     names = None
     if args.class_names is not None:
         names = class_names(int(loaded.meta["num_classes"]), read_names(args.class_names))
     try:
         return recognize_stream(
             args.source, loaded, out_dir, window=args.window, stride=args.stride,
-            size=args.size, top=args.top_k, names=names,
+            size=geometry["rgb_size"][0], top=args.top_k, names=names,
             timeline_format=args.timeline_format, video_out=args.video_out,
             video_side=args.video_side, poses=args.poses, pose_python=args.pose_python,
             pace=args.pace == "realtime", stall_timeout=args.stall_timeout,
-            min_person=args.min_person, clip_len=args.clip_len, rgb_stride=args.rgb_stride)
+            min_person=args.min_person, clip_len=geometry["clip_len"],
+            rgb_stride=geometry["rgb_stride"])
     except KeyboardInterrupt:
         raise SystemExit(f"interrupted; the windows so far are in {out_dir}") from None
 

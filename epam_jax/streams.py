@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from epam_jax.layers import (
     BatchNorm,
@@ -47,6 +48,32 @@ def check_clip(x: Array, channels: int, what: str) -> None:
         )
     if min(shape) < 1:
         raise ValueError(f"{what} has an empty dimension: shape {shape}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"{what} must be floating point (normalised frames, heatmaps in [0, 1]), got "
+            f"{x.dtype}; uint8 frames go through epam_jax.data.normalize_rgb on the host or "
+            "epam_jax.data.device_inputs.DeviceInputs on the device"
+        )
+    check_finite(x, what)
+
+
+def check_finite(x: Any, what: str) -> None:
+    """Raise a ValueError when a concrete (not traced) array holds NaN or infinity.
+
+    Eager calls are checked here; under ``jax.jit`` the values are unknown while tracing
+    (``jax.config.update('jax_debug_nans', True)`` or ``jax.experimental.checkify``
+    find them there), and the host-side forward of ``epam_jax.extract.make_forward``
+    checks its numpy batches itself.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return
+    finite = np.isfinite(np.asarray(x)) if isinstance(x, np.ndarray) else jnp.isfinite(x)
+    if not bool(finite.all()):
+        bad = np.argwhere(~np.asarray(finite))
+        raise ValueError(
+            f"{what} holds {len(bad)} NaN or infinite values (first at index "
+            f"{tuple(int(i) for i in bad[0])}); the model needs finite inputs"
+        )
 
 
 def conv_out_size(size: int, stride: int) -> int:

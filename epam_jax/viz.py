@@ -93,30 +93,76 @@ def denormalize_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+class OutputPathBlocked(NotADirectoryError, PermissionError):
+    """A file stands where an output folder (or one of its parents) should go: the folder
+    cannot be made (a NotADirectoryError, and a PermissionError as before)."""
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    probe = path.absolute()
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    return missing[::-1]
+
+
 def ensure_writable_dir(path: str | os.PathLike[str], what: str = "output") -> Path:
     """Create directory ``path`` if needed and check it can be written; clear errors if not."""
     path = Path(path)
+    missing = _missing_folders(path)
+    existing = missing[0].parent if missing else path.absolute()  # nearest that exists
+    if existing.exists() and not existing.is_dir():
+        raise OutputPathBlocked(f"cannot create the {what} directory {path}: {existing} "
+                                "is a file, not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PermissionError(f"cannot create the {what} directory {path}: {err}") from err
-    if not path.is_dir():
-        raise NotADirectoryError(f"the {what} path {path} exists and is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"the {what} directory {path} is not writable")
     return path
 
 
-def check_creatable(folder: Path) -> None:
-    """Raise unless ``folder`` exists writable or could be created (nothing is made yet,
-    so a failed run leaves no empty folder behind)."""
-    probe = folder.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NotADirectoryError(f"cannot write under {folder}: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write under {folder}: {probe} is not writable")
+@contextlib.contextmanager
+def output_dirs(*paths: str | os.PathLike[str] | None, what: str = "output",
+                scratch: Sequence[str] = ()) -> Iterator[list[Path]]:
+    """Make the output folders ``paths`` (None entries skipped) for the block, each
+    checked writable (``ensure_writable_dir``), and yield them.
+
+    When the block raises, every folder made here that holds nothing but files named in
+    ``scratch`` (bookkeeping such as a settings record or a lock) is removed again, so a
+    failed command leaves no empty output folder behind; a folder that holds a result
+    (e.g. extraction's per-clip files, to resume from) is kept, and folders that existed
+    before are never touched.
+    """
+    made: list[Path] = []
+    try:
+        folders = []
+        for path in paths:
+            if path is None:
+                continue
+            missing = _missing_folders(Path(path))
+            try:
+                folders.append(ensure_writable_dir(path, what))
+            finally:
+                made += [m for m in missing if m.is_dir()]
+        yield folders
+    except BaseException:
+        for folder in sorted(set(made), key=lambda m: len(m.parts), reverse=True):
+            _remove_if_unused(folder, set(scratch))
+        raise
+
+
+def _remove_if_unused(folder: Path, scratch: set[str]) -> None:
+    """Remove ``folder`` if it holds only ``scratch`` files (or nothing)."""
+    with contextlib.suppress(OSError):
+        entries = list(folder.iterdir())
+        if all(e.name in scratch and e.is_file() and not e.is_symlink() for e in entries):
+            for entry in entries:
+                entry.unlink()
+            folder.rmdir()
 
 
 @contextlib.contextmanager
@@ -374,6 +420,7 @@ __all__: Sequence[str] = (
     "clip_attention",
     "denormalize_rgb",
     "ensure_writable_dir",
+    "output_dirs",
     "overlay",
     "save_attention_gif",
     "save_attention_pictures",

@@ -108,6 +108,12 @@ def test_prepare_train_evaluate_end_to_end(dataset, tmp_path: Path, capsys) -> N
     assert done.returncode == 0, done.stderr[-3000:]
     model_dir = tmp_path / "run" / "model"
     assert "final validation top-1" in done.stdout
+    # the export records the demo's clip geometry, which GEOMETRY repeats (so no warning)
+    from epam_jax.checkpoints import load_meta
+
+    recorded = load_meta(model_dir)["clip"]
+    assert (recorded["clip_len"], recorded["rgb_stride"], recorded["rgb_size"]) == (
+        CLIP_LEN, STRIDE, [SIZE, SIZE])
 
     out = tmp_path / "eval"
     argv = ["--checkpoint", str(model_dir), "--annotations", str(dataset["annotations"]),

@@ -19,7 +19,8 @@ import pytest
 from conftest import random_variables
 
 from epam_jax import export as ex
-from epam_jax.checkpoints import save_variables
+from epam_jax.checkpoints import clip_geometry, save_variables
+from epam_jax.data import ClipConfig
 from epam_jax.extract import load_model, run_cli
 from epam_jax.models import EPAMNet
 
@@ -43,7 +44,9 @@ def checkpoint(tmp_path_factory):
     variables = random_variables(EPAMNet(num_classes=NUM_CLASSES), seed=3)
     names = root / "classes.txt"
     names.write_text("\n".join(NAMES) + "\n")
-    return save_variables(root / "epam", variables), names
+    # recorded geometry: the paper's frames at SIZE, which the export takes without --size
+    geometry = clip_geometry(ClipConfig(rgb_size=(SIZE, SIZE), heatmap_size=(SIZE // 4,) * 2))
+    return save_variables(root / "epam", variables, geometry=geometry), names
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def loaded(checkpoint):
 def _export(checkpoint, fmt: str, suffix: str):
     path, names = checkpoint
     out = path.parent / f"model{suffix}"
-    ex.main([str(path), str(out), "--format", fmt, "--size", str(SIZE), "--outputs", OUTPUTS,
+    ex.main([str(path), str(out), "--format", fmt, "--outputs", OUTPUTS,
              "--class-names", str(names)])
     return out, json.loads(out.with_name(out.name + ".json").read_text())
 
@@ -72,7 +75,7 @@ def onnx_file(checkpoint):
 
 
 def _reference(loaded, batch: int, seed: int):
-    rgb, heatmap = ex.check_inputs(batch, SIZE, seed=seed)
+    rgb, heatmap = ex.check_inputs(batch, loaded.clip_fields(), seed=seed)
     names = ex.output_names(OUTPUTS.split(","), True)
     return rgb, heatmap, ex.reference_function(loaded, names, "multiply")(rgb, heatmap)
 
@@ -192,7 +195,7 @@ def test_missing_onnx_extra_names_the_install_command(checkpoint, tmp_path, monk
 
 
 def test_disagreement_is_refused_and_nothing_written(checkpoint, tmp_path, monkeypatch):
-    def fake_build(loaded, names, fusion, size):
+    def fake_build(loaded, names, fusion, clip):
         def run(rgb, heatmap):
             return {n: np.zeros((len(rgb), *EXPECTED[n]), np.float32) for n in names}
         return b"not a model", {}, run

@@ -228,7 +228,8 @@ def test_load_model_accepts_two_stream_checkpoints_only(tmp_path: Path, model_di
     rgb_only = save_variables(tmp_path / "rgb", random_variables(SingleStreamNet("rgb")))
     with pytest.raises(ValueError, match="two-stream EPAM-Net checkpoint.*'rgb'"):
         load_model(rgb_only)
-    with pytest.raises(FileNotFoundError, match="not a complete epam-jax checkpoint"):
+    with pytest.raises(FileNotFoundError, match="is not an epam-jax checkpoint: expected "
+                                                "epam_model.json and variables/"):
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_model(tmp_path / "missing")

@@ -175,14 +175,16 @@ def check_interrupted_runs_end_with_the_uninterrupted_parameters(tmp_path: Path,
 def check_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path: Path, cache: Path
                                                               ) -> None:
     dataset = _dataset(tmp_path / "data2")
-    # Find a training sample first seen at step 5 and poison its keypoint scores.
+    # Find a training sample first seen at step 5 and poison its keypoint scores: finite
+    # (non-finite ones are refused when the annotations load), but so large that its
+    # heatmaps overflow float32 in the first convolution.
     loader = ClipLoader(dataset, ClipConfig(rgb=False, heatmap_size=(8, 8), clip_len=8),
                         BATCH, True, split="train", seed=0)
     it = iter(loader)
     seen = [set(next(it)["index"].tolist()) for _ in range(5)]
     poisoned = min(seen[4] - set().union(*seen[:4]))
     raw = pickle.loads(dataset.read_bytes())
-    raw["annotations"][poisoned]["keypoint_score"][:] = np.inf
+    raw["annotations"][poisoned]["keypoint_score"][:] = np.float32(3e38)
     save_annotations(dataset, raw["annotations"], raw["split"])
 
     done = _run(_command(dataset, tmp_path / "w"), cache)

@@ -4,7 +4,10 @@ A PoseC3D annotation file is a pickle holding either a list of per-sample dicts 
 ``{'split': {name: [frame_dir, ...]}, 'annotations': [...]}``. Pickles can run
 arbitrary code when loaded, so they are read through an unpickler that resolves only
 the handful of globals numpy arrays and scalars need; anything else is refused before
-it can be called.
+it can be called. A file that is empty, cut short, not a pickle, of another structure,
+or holds keypoints of a wrong shape or non-finite values raises one ValueError line
+naming the file and what is wrong. NaN keypoint coordinates are allowed: they mark
+missing joints (the pipeline maps them to 0).
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ def safe_loads(data: bytes) -> Any:
         obj = _RestrictedUnpickler(io.BytesIO(data)).load()
     except UnsafePickleError:
         raise
-    except (EOFError, pickle.UnpicklingError, IndexError, TypeError, KeyError) as err:
+    except Exception as err:  # damaged bytes fail in many ways: AttributeError, MemoryError...
         raise ValueError(f"annotation pickle is truncated or corrupt ({err!r})") from err
     _check_plain(obj)
     return obj
@@ -178,23 +181,41 @@ def validate_annotation(
     if total <= 0:
         raise ValueError(f"{where}: expected total_frames > 0, got {total}")
     out["total_frames"] = total
-    kp = ann["keypoint"]
-    if not isinstance(kp, np.ndarray) or not np.issubdtype(kp.dtype, np.number):
-        raise ValueError(f"{where}: expected 'keypoint' to be a numeric numpy array")
+    kp = _real_array(ann["keypoint"], "'keypoint'", where)
     if kp.ndim != 4 or kp.shape[1] != total or kp.shape[2] != NUM_JOINTS or kp.shape[3] != 2:
         raise ValueError(
             f"{where}: expected 'keypoint' of shape (M, total_frames={total}, {NUM_JOINTS}, 2), "
             f"got {kp.shape}"
         )
-    out["keypoint"] = kp.astype(np.float32, copy=False)
+    kp = kp.astype(np.float32, copy=False)
+    if np.isinf(kp).any():  # NaN is a missing joint; inf (or overflowing float32) is not
+        raise ValueError(f"{where}: expected finite 'keypoint' coordinates (NaN for a missing "
+                         f"joint), got {int(np.isinf(kp).sum())} infinite")
+    out["keypoint"] = kp
     score = ann.get("keypoint_score")
     if score is None:
         score = np.ones(kp.shape[:3], np.float32)
     if not isinstance(score, np.ndarray) or score.shape != kp.shape[:3]:
         got = getattr(score, "shape", type(score).__name__)
         raise ValueError(f"{where}: expected 'keypoint_score' of shape {kp.shape[:3]}, got {got}")
-    out["keypoint_score"] = score.astype(np.float32, copy=False)
+    score = _real_array(score, "'keypoint_score'", where).astype(np.float32, copy=False)
+    if not np.isfinite(score).all():
+        raise ValueError(f"{where}: expected finite 'keypoint_score' values, got "
+                         f"{int((~np.isfinite(score)).sum())} NaN or infinite")
+    out["keypoint_score"] = score
     return out
+
+
+def _real_array(value: Any, what: str, where: str) -> np.ndarray:
+    """``value`` if it is a numpy array of integers or real floats, else ValueError."""
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{where}: expected {what} to be a numeric numpy array, got "
+                         f"{type(value).__name__}")
+    if value.dtype == np.bool_ or not (np.issubdtype(value.dtype, np.integer)
+                                       or np.issubdtype(value.dtype, np.floating)):
+        raise ValueError(f"{where}: expected {what} to be a numeric numpy array, got dtype "
+                         f"{value.dtype}")
+    return value
 
 
 def parse_annotations(
@@ -236,10 +257,9 @@ def load_annotations(
     if not data:
         raise ValueError(f"annotation file {os.fspath(path)!r} is empty")
     try:
-        obj = safe_loads(data)
+        return parse_annotations(safe_loads(data), split=split, num_classes=num_classes)
     except ValueError as err:
         raise type(err)(f"{os.fspath(path)}: {err}") from err
-    return parse_annotations(obj, split=split, num_classes=num_classes)
 
 
 def save_annotations(

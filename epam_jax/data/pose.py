@@ -5,8 +5,14 @@ model); it is imported only when a video is processed. MediaPipe pins protobuf<5
 grain cannot import with, so it often lives in another interpreter: ``--serve`` runs this
 module as a frame-by-frame pose server over stdin/stdout for ``SubprocessPoseTracker``.
 
-    python -m epam_jax.data.pose VIDEO OUT.pkl --label 0
+    python -m epam_jax.data.pose VIDEO OUT.pkl --label 0 [--allow-truncated]
     python -m epam_jax.data.pose --serve        (used by SubprocessPoseTracker)
+
+A video short of the frames its header states, or with frames under ``MIN_SIDE``
+pixels, is refused before MediaPipe starts (``epam_jax.data.video``); the command line
+then prints ``error: ...`` and exits with ``EXIT_BAD_INPUT``, which
+``epam_jax.realvideo`` turns back into a ValueError. ``--allow-truncated`` keeps the
+poses of the frames that decode and prints a warning instead.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import av
 import numpy as np
 
 from epam_jax.data.annotations import save_annotations
+from epam_jax.data.video import check_min_side, iter_video_frames, open_video, probe_video
 
 # BlazePose landmark for each COCO-17 joint (nose, eyes, ears, shoulders, elbows, wrists,
 # hips, knees, ankles; left before right).
@@ -36,6 +43,8 @@ NUM_JOINTS = len(BLAZEPOSE_TO_COCO)
 _REQUEST = struct.Struct("<II")
 _ANSWER_BYTES = 1 + NUM_JOINTS * 3 * 4
 _READY = b"R"
+# Exit status of the command line for a video it refuses (sysexits' EX_DATAERR).
+EXIT_BAD_INPUT = 65
 
 
 def _mediapipe_pose() -> Any:
@@ -234,30 +243,46 @@ def video_to_annotation(
     max_side: int | None = 640,
     model_complexity: int = 1,
     min_detection_confidence: float = 0.5,
+    allow_truncated: bool = False,
 ) -> dict[str, Any]:
     """Run BlazePose on every frame of a video and return a PoseC3D sample dict.
 
     One person (M = 1): keypoint (1, T, 17, 2) in pixels of the original frame, scores
     from landmark visibility; frames without a detection get zeros. Frames are scaled so
     their longer side is at most ``max_side`` before detection (``detection_image``).
-    The dict also records ``num_detected``.
+    The dict also records ``num_detected``. A video short of the frames its header
+    states or with frames under ``MIN_SIDE`` pixels raises ValueError before MediaPipe
+    starts, a damaged frame when it is reached; ``allow_truncated`` warns instead and
+    keeps the frames that decode.
     """
+    name = os.fspath(path)
+    probe = probe_video(name, report=_ignore if allow_truncated else None)
+    check_min_side(probe.shape, f"each frame of {name!r}")
     keypoints, scores = [], []
     detected = 0
-    shape = None
-    with av.open(os.fspath(path)) as container, \
+    shape = probe.shape
+    with open_video(name) as container, \
             PoseTracker(model_complexity, min_detection_confidence) as tracker:
-        for frame in container.decode(container.streams.video[0]):
+        frames = iter_video_frames(container, name,
+                                   report=_warn_truncated if allow_truncated else None)
+        for frame in frames:
             shape = (frame.height, frame.width)
             joints = tracker(detection_image(frame, max_side))
             kp, score = to_pixels(joints, shape)
             detected += joints is not None
             keypoints.append(kp[None])
             scores.append(score[None])
-    if shape is None:
-        raise ValueError(f"{os.fspath(path)!r} has no decodable video frames")
     return poses_annotation(keypoints, scores, shape, detected, label,
                             frame_dir or Path(path).stem)
+
+
+def _ignore(message: str) -> None:
+    """A shortfall seen by the probe: ``_warn_truncated`` reports it after decoding."""
+
+
+def _warn_truncated(message: str) -> None:
+    print(f"warning: {message}; keeping the poses of the frames that decode",
+          file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,6 +293,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-side", type=int, default=640)
     parser.add_argument("--model-complexity", type=int, default=1, choices=(0, 1, 2))
     parser.add_argument("--min-detection-confidence", type=float, default=0.5)
+    parser.add_argument("--allow-truncated", action="store_true",
+                        help="a video short of the frames its header states: warn and keep "
+                             "the poses of the frames that decode (default: refuse it)")
     parser.add_argument("--serve", action="store_true",
                         help="answer frame-by-frame requests on stdin/stdout")
     args = parser.parse_args(argv)
@@ -278,10 +306,24 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("expected VIDEO and OUT (or --serve)")
     ann = video_to_annotation(args.video, label=args.label, max_side=args.max_side,
                               model_complexity=args.model_complexity,
-                              min_detection_confidence=args.min_detection_confidence)
+                              min_detection_confidence=args.min_detection_confidence,
+                              allow_truncated=args.allow_truncated)
     save_annotations(args.out, [ann])
     print(f"{args.video}: {ann['num_detected']}/{ann['total_frames']} frames with a person")
 
 
+def _cli(argv: list[str] | None = None) -> None:
+    """``main`` with one ``error: ...`` line instead of a traceback: exit status
+    ``EXIT_BAD_INPUT`` for a refused video (ValueError), 1 for other failures."""
+    try:
+        main(argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except (OSError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    main()
+    _cli()

@@ -18,15 +18,23 @@ time and slice threads only their start-up (clips per CPU-second, measured with
 (an error, or a frame the decoder flags corrupt), or ends well before the frame count
 its header states raises ValueError naming it. H.264 has no checksums: damaged bytes
 that still parse decode to wrong pixels without any error, and pass unnoticed.
+
+Whole videos (poses of every frame, the stream of a file) are read with
+``iter_video_frames`` and checked before the slow work with ``probe_video`` (one demux
+pass): both hold the frames to what the header promises by one rule (``truncation``), a
+frame count where the header has one, else its duration, since a variable frame rate
+makes duration x rate no frame count. Person detection and the model are not given
+frames or person boxes under ``MIN_SIDE`` pixels (``check_min_side``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +51,17 @@ LOOKAHEAD_PACKETS = 16
 # A timestamp further than this (in frames) from the frame grid is not trusted.
 _GRID_SLACK = 0.25
 _MAX_RATE = 1000
+# A stretch without frames longer than this many typical frame steps is lost data, not a
+# variable frame rate (whose steps vary a few-fold: 1/30 to 1/15 s in dim light).
+_HOLE_STEPS = 10
+# The shorter side, in pixels, below which a frame is not given to person detection nor a
+# frame or person box to EPAM-Net. The RGB stream reduces its input 32-fold to the 7x7
+# grid the attention weighs (224 / 7), so at 32 pixels each cell still rests on about
+# 4.6 source pixels across (a 7x enlargement to 224); MediaPipe, which enlarges every
+# image to its 224x224 detector, "found" persons in 18-20 of 30 frames of 8x8 noise and
+# in none from 16 pixels up. The project's own videos clear it: ``make demo``'s 64x64
+# frames (person boxes of 39 pixels and more), the stream demo's 128x128 (78 and more).
+MIN_SIDE = 32
 # Counters for benchmarks (``benchmarks.loader``); one process, not locked.
 decode_stats: dict[str, int] = {
     "calls": 0, "frames_decoded": 0, "frames_converted": 0, "skip_offered": 0,
@@ -67,12 +86,13 @@ def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
-def _open(name: str) -> Any:
-    """The container of video file ``name`` with a video stream, else ValueError."""
+def open_video(name: str, verb: str = "open") -> Any:
+    """The container of video file ``name`` with a video stream, else ValueError
+    ("cannot {verb} video ...")."""
     try:
         container = av.open(name, metadata_errors="ignore")
     except (av.error.FFmpegError, OSError) as err:
-        raise ValueError(f"cannot open video {name!r}: {err}") from err
+        raise ValueError(f"cannot {verb} video {name!r}: {err}") from err
     if not container.streams.video:
         container.close()
         raise ValueError(f"{name!r} has no video stream")
@@ -82,7 +102,7 @@ def _open(name: str) -> Any:
 def video_frame_count(path: str | os.PathLike[str]) -> int:
     """Number of frames of a video file, counted by demuxing (no decoding)."""
     name = os.fspath(path)
-    with _open(name) as container:
+    with open_video(name) as container:
         try:
             stream = container.streams.video[0]
             return sum(1 for packet in container.demux(stream) if packet.size)
@@ -114,25 +134,201 @@ def frame_rate(stream: Any) -> float | None:
     return None
 
 
+def _header_seconds(container: Any, stream: Any) -> float | None:
+    """The duration the header states: the stream's, else the file's when the video is
+    its only stream; or None."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return None
+
+
 def _header_frames(container: Any, stream: Any) -> int | None:
     """Frames the container's header states: the stream's frame count, else its duration
-    (the file's when the video is its only stream) times the frame rate; or None."""
+    times the frame rate (an estimate: the rate may vary); or None."""
     if stream.frames and stream.frames > 0:
         return int(stream.frames)
-    rate = frame_rate(stream)
-    if rate is None:
+    rate, seconds = frame_rate(stream), _header_seconds(container, stream)
+    if rate is None or seconds is None:
         return None
-    if stream.duration and stream.time_base:
-        return round(float(stream.duration * stream.time_base) * rate)
-    if container.duration and len(container.streams) == 1:
-        return round(container.duration / av.time_base * rate)
-    return None
+    return round(seconds * rate)
 
 
 def truncation_tolerance(header_frames: int) -> int:
     """How many frames fewer than its header states a video may decode to (edit lists,
     rounded durations) before it counts as truncated."""
     return max(2, math.ceil(0.02 * header_frames))
+
+
+class _Span:
+    """The frames (or packets) seen: how many, and their timestamps, to tell the time
+    they cover (from the stream's start to the end of the latest) and any hole in it."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.count = 0
+        self.times: list[int] = []
+        self.last: int | None = None
+        self.last_duration = 0
+
+    def add(self, pts: int | None, duration: int | None) -> None:
+        self.count += 1
+        if pts is None:
+            return
+        self.times.append(pts)
+        if self.last is None or pts >= self.last:
+            self.last, self.last_duration = pts, duration or 0
+
+    def _start(self) -> int:
+        start = self.stream.start_time
+        return start if start is not None else min(self.times)
+
+    def seconds(self) -> float | None:
+        """Seconds from the stream's start to the end of the latest frame, or None."""
+        tb = self.stream.time_base
+        if self.last is None or not tb:
+            return None
+        step = self.last_duration
+        if not step:  # no duration stored: one frame at the nominal rate
+            rate = frame_rate(self.stream)
+            step = 1.0 / (float(tb) * rate) if rate else 0.0
+        return float((self.last - self._start() + step) * tb)
+
+    def hole(self, slack: float) -> tuple[float, float] | None:
+        """(from, to) in seconds of the longest stretch without a frame, when it is longer
+        than ``slack`` seconds and than ``_HOLE_STEPS`` typical (median) frame steps."""
+        tb = self.stream.time_base
+        times = np.unique(np.asarray(self.times, np.int64))
+        if times.size < 3 or not tb:
+            return None
+        steps = np.diff(times)
+        i = int(np.argmax(steps))
+        gap = float(steps[i] * tb)
+        if gap <= max(slack, _HOLE_STEPS * float(np.median(steps) * tb)):
+            return None
+        start = self._start()
+        return float((times[i] - start) * tb), float((times[i + 1] - start) * tb)
+
+
+def truncation(name: str, container: Any, stream: Any, frames: int,
+               span: _Span) -> str | None:
+    """Why a video that decodes to ``frames`` frames (``span``: their timestamps) falls
+    short of its header, or None when it does not. Against a frame count in the header:
+    fewer frames by more than ``truncation_tolerance``. Against a duration alone
+    (Matroska, WebM; duration x rate is no count when the rate varies): frames that end,
+    or leave a hole, more than that many frames' time short of it. A file whose header
+    states neither, or only a duration read off its own last packets (MPEG-TS), passes."""
+    if stream.frames and stream.frames > 0:
+        header = int(stream.frames)
+        if frames < header - truncation_tolerance(header):
+            return (f"{name!r} is truncated or corrupt: it decodes to {frames} frames, its "
+                    f"header states {header}")
+        return None
+    stated, rate, seconds = _header_seconds(container, stream), frame_rate(stream), span.seconds()
+    if stated is None or rate is None or seconds is None:
+        return None
+    slack = truncation_tolerance(round(stated * rate)) / rate
+    if seconds < stated - slack:
+        return (f"{name!r} is truncated or corrupt: it decodes to {frames} frames lasting "
+                f"{seconds:.2f} s, its header states {stated:.2f} s")
+    hole = span.hole(slack)
+    if hole is not None:
+        return (f"{name!r} is truncated or corrupt: it decodes to {frames} frames with none "
+                f"from {hole[0]:.2f} s to {hole[1]:.2f} s of its {stated:.2f} s")
+    return None
+
+
+def too_small(shape: tuple[int, int]) -> bool:
+    """Whether a frame or box of ``shape`` = (height, width) is under ``MIN_SIDE``."""
+    return min(shape) < MIN_SIDE
+
+
+def check_min_side(shape: tuple[int, int], what: str, hint: str = "") -> None:
+    """Refuse ``what`` (a frame, a person box) of ``shape`` = (height, width) under
+    ``MIN_SIDE`` pixels on its shorter side: ValueError saying both sizes."""
+    if too_small(shape):
+        raise ValueError(f"{what} is {shape[1]}x{shape[0]} pixels; person detection and "
+                         f"EPAM-Net need at least {MIN_SIDE} pixels on its shorter side{hint}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoProbe:
+    """What one demux pass over a video file tells: its frame count (the packets that
+    hold data, as many as an intact file decodes to), the size of its first frame
+    (height, width) and its frame rate."""
+
+    frames: int
+    shape: tuple[int, int]
+    fps: float | None
+
+
+def probe_video(path: str | os.PathLike[str],
+                report: Callable[[str], None] | None = None) -> VideoProbe:
+    """Check a video file before the slow work, without decoding it all: it opens, its
+    first frame decodes cleanly, and its packets are not short of the frames its header
+    states (``truncation``). A failure raises ValueError naming the file; a shortfall
+    is handed to ``report`` instead when one is given."""
+    name = os.fspath(path)
+    with open_video(name, "read") as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        ctx.thread_count = 1
+        span = _Span(stream)
+        first = None
+        try:
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue
+                span.add(packet.pts, packet.duration)
+                if first is None:
+                    first = next(iter(ctx.decode(packet)), None)
+            if first is None and span.count:
+                first = next(iter(ctx.decode(None)), None)
+        except (av.error.FFmpegError, OSError) as err:
+            raise ValueError(f"cannot read video {name!r}: {err}") from err
+        if first is None:
+            raise ValueError(f"{name!r} has no decodable frames")
+        if first.is_corrupt:
+            raise ValueError(f"{name!r} is corrupt: frame 0 does not decode cleanly")
+        short = truncation(name, container, stream, span.count, span)
+        if short is not None:
+            if report is None:
+                raise ValueError(short)
+            report(short)
+        return VideoProbe(span.count, (first.height, first.width), frame_rate(stream))
+
+
+def iter_video_frames(container: Any, name: str, live: bool = False,
+                      report: Callable[[str], None] | None = None) -> Iterator[Any]:
+    """Every frame of ``container``'s video stream, in order, for readers of whole videos.
+
+    A file is held to its header: a frame that does not decode cleanly, or an end short
+    of the frames the header states (``truncation``, checked after the last frame),
+    raises ValueError naming ``name``; with ``report``, the frames end there and the
+    message goes to ``report`` instead. A ``live`` source (camera, URL, pipe) has no
+    header count and may lose packets: nothing is checked."""
+    stream = container.streams.video[0]
+    span = _Span(stream)
+    problem = None
+    try:
+        for frame in container.decode(stream):
+            if frame.is_corrupt and not live:
+                problem = f"{name!r} is corrupt: frame {span.count} does not decode cleanly"
+                break
+            span.add(frame.pts, frame.duration)
+            yield frame
+    except av.error.FFmpegError as err:
+        raise ValueError(f"cannot decode video {name!r}: {err}") from err
+    if live:
+        return
+    if span.count == 0:  # nothing to go on, whatever the caller allows
+        raise ValueError(problem or f"{name!r} has no decodable frames")
+    problem = problem or truncation(name, container, stream, span.count, span)
+    if problem is not None:
+        if report is None:
+            raise ValueError(problem)
+        report(problem)
 
 
 _LOCAL = threading.local()
@@ -218,6 +414,7 @@ class _ClipDecoder:
         self.tail: Any = None  # the last frame out (for clamp) and its index
         self.tail_index = -1
         self.keep = -1  # never dropped: the header's last frame (for clamp)
+        self.span = _Span(self.stream)  # of the frames decoded, for ``truncation``
 
     def run(self) -> tuple[dict[int, np.ndarray], int | None]:
         """The wanted frames found, and the video's frame count if the end was reached."""
@@ -323,6 +520,7 @@ class _ClipDecoder:
             if self.agree:
                 self.agree = self.clock is not None and self.clock.index(frame.pts) == idx
         self.count += 1
+        self.span.add(frame.pts, frame.duration)
         if frame.is_corrupt:
             if self.by_time:  # make sure on the plain pass
                 raise _Untrusted
@@ -352,10 +550,9 @@ class _ClipDecoder:
             raise _Untrusted  # a wanted frame, or the end, fell among dropped frames
         if n == 0:
             raise ValueError(f"{self.name!r} has no decodable frames")
-        header = _header_frames(self.container, self.stream)
-        if header is not None and n < header - truncation_tolerance(header):
-            raise ValueError(f"{self.name!r} is truncated or corrupt: it decodes to {n} "
-                             f"frames, its header states {header}")
+        short = truncation(self.name, self.container, self.stream, n, self.span)
+        if short is not None:
+            raise ValueError(short)
         if not self.clamp:
             raise ValueError(f"{self.name!r} has {n} frames; frame index {max(missing)} "
                              "requested")
@@ -367,7 +564,7 @@ class _ClipDecoder:
 
 def _decode(name: str, wanted: np.ndarray, size: tuple[int, int] | None, clamp: bool,
             timed: bool) -> tuple[dict[int, np.ndarray], int | None]:
-    with _open(name) as container:
+    with open_video(name) as container:
         return _ClipDecoder(name, container, wanted, size, clamp, timed).run()
 
 

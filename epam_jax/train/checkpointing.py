@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+from epam_jax.checkpoints import ignore_closed_loop_callbacks
 
 STATE, DATA = "state", "data"
 BEST_METRIC = "fused/top1"
@@ -298,30 +299,12 @@ class _OneLinePerWriteFailure(logging.Filter):
         return True
 
 
-def _unraisable_filter(previous: Any) -> Any:
-    def hook(unraisable: Any) -> None:
-        """Drop 'Event loop is closed' from tensorstore writes that finish after the
-        orbax event loop that awaited them ended because another write failed."""
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-            tb = unraisable.exc_traceback
-            while tb is not None:
-                if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
-                    return
-                tb = tb.tb_next
-        previous(unraisable)
-
-    hook._epam_write_failures = True  # type: ignore[attr-defined]
-    return hook
-
-
 def _quiet_orbax_write_failures() -> None:
-    """Install (once) the two filters above."""
+    """Install (once) the filter above and ``ignore_closed_loop_callbacks``."""
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _OneLinePerWriteFailure) for f in absl_logger.filters):
         absl_logger.addFilter(_OneLinePerWriteFailure())
-    if not getattr(sys.unraisablehook, "_epam_write_failures", False):
-        sys.unraisablehook = _unraisable_filter(sys.unraisablehook)
+    ignore_closed_loop_callbacks()  # the writes still in flight after one failed
 
 
 # ---------------------------------------------------------------------------------------

@@ -156,16 +156,32 @@ class InputWait:
 
 
 class MetricWriter:
-    """JSON lines and TensorBoard events, written by the first process only."""
+    """JSON lines and TensorBoard events, written by the first process only.
 
-    def __init__(self, workdir: Path, enabled: bool) -> None:
+    ``start_step``: the step the run starts after (the checkpoint it resumed from, 0 for
+    a fresh run). Rows of later steps were written by an interrupted run and are redone
+    now, so they are dropped from ``metrics.jsonl`` (rewritten atomically) and hidden in
+    TensorBoard (``purge_step``), leaving one row per step and kind.
+    """
+
+    FILE = "metrics.jsonl"
+
+    def __init__(self, workdir: Path, enabled: bool, start_step: int = 0) -> None:
         self.enabled = enabled
         self._tb = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            path = workdir / self.FILE
+            if path.exists():
+                truncate_metrics(path, start_step)
+            self._jsonl = open(path, "a")  # noqa: SIM115
+            events = workdir / "tensorboard"
+            purge = start_step + 1 if events.is_dir() and any(events.iterdir()) else None
+            # file names hold the second they were made: the suffix keeps a run restarted
+            # within the same second from overwriting the last one's file, in step order
+            self._tb = SummaryWriter(str(events), purge_step=purge,
+                                     filename_suffix=f".from{start_step:09d}")
 
     def write(self, step: int, kind: str, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -181,6 +197,28 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Keep the rows of ``path`` (JSON lines) with step <= ``last_step``, rewriting it
+    atomically; return how many were dropped. A line that does not parse (the end of a
+    row cut off by a kill) is dropped too."""
+    from epam_jax.viz import atomic_output
+
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            step = None
+        if step is not None and step <= last_step:
+            kept.append(line + "\n")
+        elif line.strip():
+            dropped += 1
+    if dropped:
+        with atomic_output(path) as tmp:
+            tmp.write_text("".join(kept))
+    return dropped
 
 
 def _check_best_metric(config: Any) -> None:
@@ -297,7 +335,7 @@ def _train(config: Any, workdir: Path, dp: DataParallel, local_batch: int,
                              inputs=inputs)
     eval_fn = dp.eval_step(mode=config.mode, inputs=inputs)
     wait = InputWait(config.input_wait_warning)
-    writer = MetricWriter(workdir, primary)
+    writer = MetricWriter(workdir, primary, start_step=start)
     bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
                disable=not (primary and config.progress_bar))
     state = dp.put_state(state)
@@ -430,37 +468,40 @@ def _format_metrics(metrics: Mapping[str, float]) -> str:
 
 def export_model(path: Path, state: Any, config: Any, step: int,
                  metrics: Mapping[str, float]) -> Path:
-    """Write the state's variables with ``save_variables`` (replacing an older export)."""
+    """Write the state's variables with ``save_variables`` (replacing an older export).
+
+    The description records the clip geometry of ``clip_config(config)`` (frames, sizes,
+    sigma, normalisation), so that predict / extract / evaluate / stream run the model on
+    clips like the ones it was trained on."""
     from jax.experimental import multihost_utils
 
-    from epam_jax.checkpoints import save_variables
+    from epam_jax.checkpoints import clip_geometry, model_description, save_variables
 
     if jax.process_index() == 0 and path.exists():
         shutil.rmtree(path)
     multihost_utils.sync_global_devices("epam_jax export: old model removed")
     variables = jax.device_get(state.variables)
+    geometry = clip_geometry(clip_config(config))
     extra = {"step": int(step), "mode": config.mode,
              "val_top1": float(metrics.get(BEST_METRIC, float("nan"))),
              "val_metric": config.best_metric,
              "val_value": float(metrics.get(config.best_metric, float("nan")))}
     if jax.process_count() == 1:
         with disk_write_guard(path, "the exported model", needed_bytes=tree_nbytes(variables)):
-            return save_variables(path, variables, **extra)
+            return save_variables(path, variables, geometry=geometry, **extra)
     # Several hosts: the orbax write is collective, the description is written once.
     import orbax.checkpoint as ocp
 
-    from epam_jax.checkpoints import META_FILE, VARIABLES_DIR, describe
+    from epam_jax.checkpoints import COLLECTIONS, VARIABLES_DIR, write_description
 
     path = path.absolute()
+    meta = model_description(variables, geometry, **extra)
     checkpointer = ocp.StandardCheckpointer()
     with disk_write_guard(path, "the exported model"):
-        checkpointer.save(path / VARIABLES_DIR, {c: dict(variables[c])
-                                                 for c in ("params", "batch_stats")})
+        checkpointer.save(path / VARIABLES_DIR, {c: dict(variables[c]) for c in COLLECTIONS})
         checkpointer.wait_until_finished()
     if jax.process_index() == 0:
-        tmp = path / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(describe(variables) | extra, indent=2, sort_keys=True))
-        tmp.replace(path / META_FILE)
+        write_description(path, variables, meta)
     multihost_utils.sync_global_devices("epam_jax export: model written")
     return path
 
