@@ -400,10 +400,10 @@ def export_onnx(args: argparse.Namespace) -> dict[str, Any]:
     directory: ``epam_jax.export.onnx_model`` of EPAMNet with the two heads' logits."""
     import jax
 
+    from epam_jax.checkpoints import LoadedModel
+    from epam_jax.cli import atomic_output
     from epam_jax.export import PORTABLE, onnx_model
-    from epam_jax.extract import LoadedModel
     from epam_jax.models import EPAMNet
-    from epam_jax.viz import atomic_output
 
     variables = jax.tree_util.tree_map(np.asarray, _load_flax(args.weights))
     loaded = LoadedModel(EPAMNet(num_classes=NUM_CLASSES), variables,

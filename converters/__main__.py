@@ -19,14 +19,13 @@ import numpy as np
 from converters.convert import (
     MODELS,
     ConversionError,
-    build_model,
     count_parameters,
     normalize_keys,
     read_torch_checkpoint,
     torch_to_flax,
 )
 from epam_jax.attention import ATTENTION_TYPES
-from epam_jax.checkpoints import describe, save_variables
+from epam_jax.checkpoints import build_model, describe, save_variables
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

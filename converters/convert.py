@@ -22,7 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from epam_jax.attention import ATTENTION_TYPES
-from epam_jax.models import EPAMBackbone, EPAMNet, SingleStreamNet, variable_shapes
+from epam_jax.checkpoints import build_model, expected_shapes
 from epam_jax.streams import X3DStream, X3DTemporalShift, X3DTemporalShiftPose
 
 MODELS = ("epam", "backbone", "rgb", "pose")
@@ -132,16 +132,6 @@ def key_table(model: str, attention_type: str = CBAM) -> list[Entry]:
     return entries
 
 
-def build_model(model: str, num_classes: int = 60, attention_type: str = CBAM, **kw):
-    """The Flax module whose variables ``model``'s checkpoints hold."""
-    _check_choice("model", model, MODELS)
-    if model == "epam":
-        return EPAMNet(num_classes=num_classes, attention_type=attention_type, **kw)
-    if model == "backbone":
-        return EPAMBackbone(num_classes=num_classes, attention_type=attention_type, **kw)
-    return SingleStreamNet(stream=model, num_classes=num_classes, **kw)
-
-
 def _check_choice(what: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{what} must be one of {choices}, got {value!r}")
@@ -152,12 +142,10 @@ def _checked_table(
 ) -> tuple[list[Entry], dict[tuple[str, ...], tuple[int, ...]]]:
     """The key table and the Flax shapes, verified to cover exactly the same variables."""
     table = key_table(model, attention_type)
-    shapes = variable_shapes(build_model(model, num_classes, attention_type))
-    expected = {
-        (col,) + path: tuple(v.shape)
-        for col in ("params", "batch_stats")
-        for path, v in traverse_util.flatten_dict(dict(shapes.get(col, {}))).items()
-    }
+    flax_model = build_model(model, num_classes, attention_type)
+    expected = {(col, *path.split("/")): shape
+                for col, tree in expected_shapes(flax_model).items()
+                for path, shape in tree.items()}
     table_paths = {(e.collection,) + e.path for e in table}
     if set(expected) != table_paths:  # a bug in this file, not in the user's checkpoint
         raise AssertionError(
@@ -225,7 +213,7 @@ def normalize_keys(state_dict: Mapping[str, Any], model: str) -> tuple[dict[str,
         raise ConversionError(
             "this is a single-stream checkpoint (backbone.* / cls_head.* keys); load it "
             "with model='rgb' or model='pose', or build the two-stream variables with "
-            "converters.from_single_stream_checkpoints"
+            "epam_jax.checkpoints.from_single_streams"
         )
     if model == "epam":
         return dict(state_dict), []
@@ -571,64 +559,6 @@ def load_torch_checkpoint(
     return torch_to_flax(
         state_dict, model, num_classes=num_classes, attention_type=attention_type
     )
-
-
-def from_single_stream_checkpoints(
-    rgb_pretrained: str | os.PathLike | None,
-    pose_pretrained: str | os.PathLike | None,
-    *,
-    model: str = "backbone",
-    num_classes: int | None = None,
-    attention_type: str = CBAM,
-    rng: jax.Array | None = None,
-) -> dict:
-    """Two-stream variables from the two single-stream pretrained checkpoints.
-
-    The seed's ``rgb_pretrained`` / ``pose_pretrained``: each stream (and for
-    ``model='epam'`` its head) comes from its checkpoint, a PyTorch ``.pth`` or
-    an epam-jax checkpoint directory; what no checkpoint provides (always the
-    attention; a stream given as None) is initialised from ``rng`` as the
-    original initialises it. Only the missing components are initialised.
-    """
-    from epam_jax.checkpoints import load_variables
-    from epam_jax.models import dummy_inputs, make_attention
-
-    _check_choice("model", model, ("backbone", "epam"))
-    _check_choice("attention_type", attention_type, ATTENTION_TYPES)
-    rng = jax.random.key(0) if rng is None else rng
-    rng_rgb, rng_pose, rng_att = jax.random.split(rng, 3)
-    parts = {}
-    for stream, path in (("rgb", rgb_pretrained), ("pose", pose_pretrained)):
-        if path is not None and os.path.isdir(path):
-            parts[stream] = load_variables(path, expect_model=stream)
-        elif path is not None:
-            parts[stream] = load_torch_checkpoint(path, stream, num_classes=num_classes)
-    classes = {int(np.shape(v["params"][f"{s}_cls_head"]["fc_cls"]["bias"])[0])
-               for s, v in parts.items()}
-    if model == "epam":
-        if num_classes is not None:
-            classes.add(num_classes)
-        if len(classes) > 1:
-            raise ConversionError(
-                f"the checkpoints' heads disagree on the number of classes: {sorted(classes)}"
-            )
-    num_classes = num_classes or (classes.pop() if classes else 60)
-    for stream, key in (("rgb", rng_rgb), ("pose", rng_pose)):
-        if stream not in parts:
-            net = SingleStreamNet(stream=stream, num_classes=num_classes)
-            parts[stream] = jax.jit(net.init)(key, *dummy_inputs(net))
-    attention = make_attention(attention_type, dtype=np.float32, bn_axis_name=None)
-    pose_features = np.zeros((1, 16, 7, 7, X3DTemporalShiftPose().head_channels), np.float32)
-    parts["attention"] = {"params": {}, "batch_stats": {}}
-    for col, tree in jax.jit(attention.init)(rng_att, pose_features).items():
-        parts["attention"][col] = {"attention_module": tree}
-    variables: dict[str, dict] = {"params": {}, "batch_stats": {}}
-    for part in parts.values():
-        for col in variables:
-            for name, tree in part.get(col, {}).items():
-                if not (model == "backbone" and name.endswith("_cls_head")):
-                    variables[col][name] = jax.device_get(tree)
-    return variables
 
 
 def count_parameters(variables: Mapping) -> dict[str, int]:

@@ -6,7 +6,7 @@ NDHWC throughout: RGB clips (N, T, H, W, 3), pose heatmaps (N, T, H, W, 17).
 from epam_jax.attention import CBAMSpatialEfficientTemporal, SpatialTemporalAttention
 from epam_jax.concurrent_eval import ConcurrentStreams
 from epam_jax.layers import BatchNorm, temporal_shift
-from epam_jax.models import EPAMBackbone, EPAMNet, I3DHead, SingleStreamNet
+from epam_jax.models import EPAMBackbone, EPAMNet, Features, I3DHead, SingleStreamNet, fuse
 from epam_jax.streams import BlockX3D, X3DTemporalShift, X3DTemporalShiftPose
 from epam_jax.tuning import Tuning
 
@@ -19,11 +19,13 @@ __all__ = [
     "ConcurrentStreams",
     "EPAMBackbone",
     "EPAMNet",
+    "Features",
     "I3DHead",
     "SingleStreamNet",
     "SpatialTemporalAttention",
     "Tuning",
     "X3DTemporalShift",
     "X3DTemporalShiftPose",
+    "fuse",
     "temporal_shift",
 ]

@@ -18,18 +18,32 @@ overrides, each differing one announced by a warning line.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from epam_jax.attention import ATTENTION_TYPES
+from epam_jax.cli import print_warning
+from epam_jax.models import (
+    EPAMBackbone,
+    EPAMNet,
+    SingleStreamNet,
+    init_variables,
+    make_attention,
+    variable_shapes,
+)
+from epam_jax.streams import X3DTemporalShiftPose
 
 META_FILE = "epam_model.json"
 VARIABLES_DIR = "variables"
@@ -140,11 +154,6 @@ def describe_clip(fields: Mapping[str, Any]) -> str:
     return (f"{fields['clip_len']} pose frames of {hh}x{hw} heatmaps (sigma "
             f"{fields['sigma']:g}), {rgb_frames} RGB frames of {h}x{w} (every "
             f"{fields['rgb_stride']})")
-
-
-def print_warning(message: str) -> None:
-    """``warning: message`` on stderr, one line."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def clip_fields(
@@ -454,4 +463,228 @@ def load_variables(
                                 f"{META_FILE} but no {VARIABLES_DIR}/ folder")
     variables = _restore(path)
     _verify_checksums(path, meta, variables)
+    return variables
+
+
+# --------------------------------------------------------------------------- models
+
+MODELS = ("epam", "backbone", "rgb", "pose")
+TWO_STREAM_MODELS = ("epam", "backbone")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model, its variables (host numpy) and its checkpoint's description (``meta``:
+    ``describe``'s fields, the recorded clip geometry, 'checkpoint': the absolute path)."""
+
+    model: nn.Module
+    variables: dict
+    meta: dict[str, Any]
+
+    @property
+    def has_heads(self) -> bool:
+        """Whether the model classifies (EPAM-Net or one stream with its head)."""
+        return self.meta["model"] != "backbone"
+
+    def clip_fields(self, **overrides: Any) -> dict[str, Any]:
+        """The ClipConfig geometry to run this model with: what its checkpoint records
+        (else the paper's), with the given overrides (``clip_fields``)."""
+        return clip_fields(self.meta, **overrides)
+
+
+def build_model(model: str, num_classes: int | None = 60, attention_type: str | None = None,
+                **options: Any) -> nn.Module:
+    """The module of a kind of checkpoint: ``model`` 'epam' (EPAMNet), 'backbone'
+    (EPAMBackbone) or 'rgb'/'pose' (SingleStreamNet), with ``num_classes`` and
+    ``attention_type`` (None: the paper's) as a description records them (``describe``);
+    ``options`` are further module fields (dtype, remat, tuning, dropout_ratio, ...)."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if model != "backbone" and not (isinstance(num_classes, int) and num_classes > 0):
+        raise ValueError(f"a {model!r} model needs a positive num_classes, got {num_classes!r}")
+    attention = attention_type or ATTENTION_TYPES[0]
+    if model == "epam":
+        return EPAMNet(num_classes=num_classes, attention_type=attention, **options)
+    if model == "backbone":
+        return EPAMBackbone(attention_type=attention, **options)
+    return SingleStreamNet(stream=model, num_classes=num_classes, **options)
+
+
+@functools.lru_cache(maxsize=8)
+def expected_shapes(model: nn.Module) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{collection: {'a/b/c': shape}}`` of the variables ``model`` builds (traced once
+    per model, nothing computed)."""
+    shapes = variable_shapes(model)
+    return {col: {path: tuple(leaf.shape) for path, leaf in _leaves(shapes.get(col, {}))}
+            for col in COLLECTIONS}
+
+
+def check_variables(model: nn.Module, variables: Mapping, source: Any = "variables") -> None:
+    """Raise a ValueError unless ``variables`` holds exactly the arrays ``model`` builds,
+    each of its shape: counts and the first few of what is missing, unexpected or
+    misshapen, named by collection and '/'-joined path."""
+    want = {f"{col}/{p}": s for col, tree in expected_shapes(model).items()
+            for p, s in tree.items()}
+    got = {f"{col}/{p}": tuple(np.shape(v)) for col in COLLECTIONS
+           for p, v in _leaves(variables.get(col, {}))}
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    misshapen = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if missing or unexpected or misshapen:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
+        if misshapen:
+            parts.append(f"{len(misshapen)} misshapen (" + ", ".join(
+                f"{k}: {got[k]} for {want[k]}" for k in misshapen[:3]) + ")")
+        raise ValueError(f"{source} does not fit {type(model).__name__}: {'; '.join(parts)}")
+
+
+def _converters() -> Any:
+    """The ``converters`` package, which reads PyTorch files (imported on first use, so
+    that epam_jax needs torch only for them)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:
+        raise ImportError("reading a PyTorch checkpoint needs torch: pip install "
+                          "'epam-jax[torch]' (or convert it once with python -m converters "
+                          "where torch is installed)") from err
+    import converters
+
+    return converters
+
+
+def _torch_variables(path: Path, models: Sequence[str], num_classes: int | None,
+                     attention_type: str | None) -> dict:
+    """Variables of the first of ``models`` the PyTorch file at ``path`` converts to."""
+    conv = _converters()
+    state_dict = conv.read_torch_checkpoint(path)  # one clear line if unreadable
+    errors = []
+    for kind in models:
+        try:
+            keyed, _ = conv.normalize_keys(state_dict, kind)
+            return conv.torch_to_flax(keyed, kind, num_classes=num_classes,
+                                      attention_type=attention_type)
+        except conv.ConversionError as err:
+            errors.append(f"as {kind!r}: {err}")
+    kinds = ("a two-stream" if tuple(models) == TWO_STREAM_MODELS
+             else "a " + " or ".join(map(repr, models)))
+    raise ValueError(f"{path} is not {kinds} EPAM-Net checkpoint (tried {'; '.join(errors)})")
+
+
+def _refuse_model(path: Path, kind: Any, models: Sequence[str]) -> None:
+    if kind in models:
+        return
+    if tuple(models) == TWO_STREAM_MODELS:
+        raise ValueError(
+            f"{path}: expected a two-stream EPAM-Net checkpoint (model 'epam' or 'backbone'), "
+            f"got a {kind!r} checkpoint; single-stream checkpoints cannot compute the "
+            "attention (combine two with epam_jax.checkpoints.from_single_streams)")
+    raise ValueError(f"{path} holds a {kind!r} checkpoint, expected "
+                     f"{' or '.join(map(repr, models))}")
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    models: Sequence[str] = TWO_STREAM_MODELS,
+    num_classes: int | None = None,
+    attention_type: str | None = None,
+) -> LoadedModel:
+    """The model a checkpoint holds, its variables and description.
+
+    ``path``: an epam-jax checkpoint directory (``save_variables``) or a PyTorch file of
+    the original (any container it wrote; read with ``weights_only=True``). ``models``:
+    the kinds accepted (default the two-stream ones); ``num_classes`` /
+    ``attention_type``: what the caller expects. Anything else is one ValueError saying
+    what was found.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_file():
+        if path.name == META_FILE:
+            raise ValueError(f"{path} is the description of an epam-jax checkpoint; pass the "
+                             f"directory holding it, {path.parent}")
+        variables = _torch_variables(path, models, num_classes, attention_type)
+        meta = describe(variables)
+    else:
+        meta = load_meta(path)
+        _refuse_model(path, meta["model"], models)  # before reading the weights
+        recorded_geometry(meta, path)
+        variables = load_variables(path)
+        found = describe(variables)
+        if found["model"] != meta["model"]:
+            raise ValueError(f"{path}: its description says {meta['model']!r} but it holds "
+                             f"{found['model']!r} variables")
+        meta = meta | found
+    if num_classes is not None and meta.get("num_classes") not in (None, num_classes):
+        raise ValueError(f"{path} was trained for {meta['num_classes']} classes, expected "
+                         f"{num_classes}")
+    if attention_type is not None and meta.get("attention_type") not in (None, attention_type):
+        raise ValueError(f"{path} holds {meta['attention_type']!r} attention, expected "
+                         f"{attention_type!r}")
+    model = build_model(meta["model"], meta.get("num_classes"), meta.get("attention_type"))
+    check_variables(model, variables, path)
+    return LoadedModel(model, variables, dict(meta, checkpoint=os.fspath(path.absolute())))
+
+
+def load(path: str | os.PathLike, **expect: Any) -> tuple[nn.Module, dict]:
+    """``(model, variables)`` of an epam-jax checkpoint directory or a PyTorch file
+    (``load_model``, whose keywords it takes); ``model.apply(variables, ...)`` runs it."""
+    loaded = load_model(path, **expect)
+    return loaded.model, loaded.variables
+
+
+def from_single_streams(
+    rgb: str | os.PathLike | None,
+    pose: str | os.PathLike | None,
+    *,
+    model: str = "backbone",
+    num_classes: int | None = None,
+    attention_type: str | None = None,
+    rng: jax.Array | None = None,
+) -> dict:
+    """Two-stream variables from two single-stream checkpoints (the original's
+    ``rgb_pretrained`` / ``pose_pretrained``: epam-jax directories or PyTorch files).
+
+    Each stream (and for ``model='epam'`` its head) comes from its checkpoint; what none
+    provides (always the attention; a stream given as None) is initialised from ``rng`` as
+    the original initialises it.
+    """
+    attention_type = attention_type or ATTENTION_TYPES[0]
+    if model not in TWO_STREAM_MODELS:
+        raise ValueError(f"model must be one of {TWO_STREAM_MODELS}, got {model!r}")
+    if attention_type not in ATTENTION_TYPES:
+        raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got "
+                         f"{attention_type!r}")
+    rng = jax.random.key(0) if rng is None else rng
+    keys = dict(zip(("rgb", "pose", "attention"), jax.random.split(rng, 3), strict=True))
+    parts = {stream: load_model(p, models=(stream,)).variables
+             for stream, p in (("rgb", rgb), ("pose", pose)) if p is not None}
+    classes = {describe(v)["num_classes"] for v in parts.values()}
+    if model == "epam" and num_classes is not None:
+        classes.add(num_classes)
+    if model == "epam" and len(classes) > 1:
+        raise ValueError(f"the checkpoints' heads disagree on the number of classes: "
+                         f"{sorted(classes)}")
+    num_classes = num_classes or (classes.pop() if classes else 60)
+    for stream in ("rgb", "pose"):
+        if stream not in parts:
+            net = build_model(stream, num_classes)
+            parts[stream] = init_variables(net, keys[stream])
+    attention = make_attention(attention_type, dtype=np.float32, bn_axis_name=None)
+    pose_features = np.zeros((1, 16, 7, 7, X3DTemporalShiftPose().head_channels), np.float32)
+    fresh = jax.jit(attention.init)(keys["attention"], pose_features)
+    parts["attention"] = {col: {"attention_module": tree} for col, tree in fresh.items()}
+    variables: dict[str, dict] = {col: {} for col in COLLECTIONS}
+    for part in parts.values():
+        for col in COLLECTIONS:
+            for name, tree in part.get(col, {}).items():
+                if not (model == "backbone" and name.endswith("_cls_head")):
+                    variables[col][name] = jax.device_get(tree)
+    two_stream = build_model(model, num_classes, attention_type)
+    check_variables(two_stream, variables, "the combined single-stream checkpoints")
     return variables

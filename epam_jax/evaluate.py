@@ -38,12 +38,21 @@ from typing import Any
 
 import numpy as np
 
-from epam_jax.checkpoints import describe_clip
+from epam_jax.checkpoints import LoadedModel, describe_clip, load_model
+from epam_jax.cli import (
+    OneLineErrors,
+    atomic_output,
+    nonnegative_int,
+    output_dirs,
+    positive_int,
+    rgb_side,
+    run_cli,
+    write_npz,
+)
 from epam_jax.data import ClipConfig, load_annotations
 from epam_jax.data.datasets import Recipe, get_recipe, read_names
 from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.data.ntu_classes import class_names
-from epam_jax.extract import LoadedModel, OneLineErrors, load_model, run_cli
 from epam_jax.metrics import AVERAGES, ScoreTable, fused_scores, table_metrics
 
 METRIC_KEYS = ("top1", "top5", "mean_class")
@@ -179,7 +188,6 @@ def _finite(value: float) -> float | None:
 def write_scores(path: Path, ev: Evaluation) -> None:
     """Per video: frame_dir, label, each stream's logits (mean over views), the scores the
     metrics used, and every view's logits; plain arrays, loadable without pickle."""
-    from epam_jax.extract import write_npz
 
     logits = ev.table.logits
     arrays = {
@@ -224,27 +232,6 @@ def format_report(ev: Evaluation, names: Sequence[str], recipe: Recipe | None,
 # --------------------------------------------------------------------------- CLI
 
 
-def _size(text: str) -> int:
-    side = int(text)
-    if side <= 0 or side % 4:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of 4, got {text}")
-    return side
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _nonnegative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrors(
         prog="python -m epam_jax.evaluate",
@@ -260,18 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split to evaluate (default: the recipe's validation split, "
                    "else every sample of the file)")
     p.add_argument("--video-ext", default=".mp4", help="video suffix (default .mp4)")
-    p.add_argument("--num-clips", type=_positive, default=1,
+    p.add_argument("--num-clips", type=positive_int, default=1,
                    help="test-mode clips per video (default 1)")
     p.add_argument("--flip", action="store_true", help="also each clip mirrored")
     p.add_argument("--average", choices=AVERAGES, default="score",
                    help="average the views as logits (default) or softmax probabilities")
-    p.add_argument("--batch-size", type=_positive, default=8, help="clips per step, global")
-    p.add_argument("--size", type=_size, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=8, help="clips per step, global")
+    p.add_argument("--size", type=rgb_side, default=None,
                    help="RGB side (pose heatmaps are size/4); default: the checkpoint's clip "
                         "geometry (224 for checkpoints that record none)")
-    p.add_argument("--clip-len", type=_positive, default=None,
+    p.add_argument("--clip-len", type=positive_int, default=None,
                    help="pose frames (default: the checkpoint's, 48 when it records none)")
-    p.add_argument("--rgb-stride", type=_positive, default=None,
+    p.add_argument("--rgb-stride", type=positive_int, default=None,
                    help="RGB frame every N pose frames (default: the checkpoint's, 3 when it "
                         "records none)")
     p.add_argument("--class-names", help="text file, one class name per line")
@@ -281,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", help="confusion-matrix PNG path (overrides --out-dir's)")
     p.add_argument("--allow-unprepared", action="store_true",
                    help="read videos that are not person-aligned square frames anyway")
-    p.add_argument("--workers", type=_nonnegative, default=0,
+    p.add_argument("--workers", type=nonnegative_int, default=0,
                    help="decoding processes (default 0)")
     p.add_argument("--host-inputs", action="store_true",
                    help="draw heatmaps and normalise frames on the host (default: ship "
@@ -314,7 +301,6 @@ def _select(args: argparse.Namespace, recipe: Recipe | None, num_classes: int
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from epam_jax.viz import output_dirs
 
     args = build_parser().parse_args(argv)
     outputs = _outputs(args)
@@ -391,7 +377,7 @@ def _evaluate_cli(args: argparse.Namespace, outputs: dict[str, Path | None]
           f"{ev.seconds:.1f} s; {steady:.1f} clips/s after the first batch, which took "
           f"{ev.first_batch_seconds:.1f} s with compilation)")
     print(format_report(ev, names, recipe, per_class=not args.no_per_class))
-    from epam_jax.viz import atomic_output, save_confusion_matrix
+    from epam_jax.viz import save_confusion_matrix
 
     if outputs["json"] is not None:
         with atomic_output(outputs["json"]) as tmp:

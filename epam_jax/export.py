@@ -57,21 +57,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from epam_jax.checkpoints import LoadedModel, load_model
+from epam_jax.cli import OneLineErrors, atomic_output, output_dirs, rgb_side, run_cli
 from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.data.pipeline import ClipConfig
 from epam_jax.data.transforms import RGB_MEAN, RGB_STD, rgb_normalization
-from epam_jax.extract import (
-    FUSIONS,
-    LoadedModel,
-    OneLineErrors,
-    _jitted_forward,
-    _outputs,
-    _size,
-    load_model,
-    run_cli,
-)
+from epam_jax.forward import jitted_forward, named_outputs
+from epam_jax.models import FUSIONS
 from epam_jax.tuning import Tuning
-from epam_jax.viz import atomic_output, output_dirs
 
 FORMATS = ("stablehlo", "onnx")
 PLATFORMS = ("cpu", "cuda")
@@ -142,7 +135,7 @@ def _pooling(names: Sequence[str]) -> str:
 def clip_function(loaded: LoadedModel, tuning: Tuning, names: Sequence[str],
                   fusion: str) -> Callable[[jax.Array, jax.Array], dict[str, jax.Array]]:
     """``one(rgb (16, S, S, 3), heatmap (48, S/4, S/4, 17)) -> {name: array}`` for one clip:
-    ``extract._outputs`` of the model under ``tuning``, its variables closed over (so they
+    ``forward.named_outputs`` of the model under ``tuning``, its variables closed over (so they
     become constants of whatever traces it)."""
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
@@ -152,7 +145,7 @@ def clip_function(loaded: LoadedModel, tuning: Tuning, names: Sequence[str],
 
     def one(rgb: jax.Array, heatmap: jax.Array) -> dict[str, jax.Array]:
         out = model.apply(variables, rgb[None], heatmap[None],
-                          method=lambda m, r, p: _outputs(m, r, p, fusion, pooling, heads))
+                          method=lambda m, r, p: named_outputs(m, r, p, fusion, pooling, heads))
         return {name: out[name][0] for name in names}
 
     return one
@@ -355,7 +348,7 @@ def reference_function(loaded: LoadedModel, names: Sequence[str], fusion: str
     pooling, inputs = _pooling(names), DeviceInputs()
 
     def run(rgb: np.ndarray, heatmap: np.ndarray) -> dict[str, np.ndarray]:
-        out = _jitted_forward()(variables, {"rgb": rgb, "heatmap": heatmap},
+        out = jitted_forward()(variables, {"rgb": rgb, "heatmap": heatmap},
                                 model=loaded.model, fusion=fusion, pooling=pooling,
                                 inputs=inputs)
         return {n: np.asarray(out[n]) for n in names}
@@ -575,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fusion", choices=FUSIONS, default="multiply",
                         help="RGB features exported: rgb*attention (default), "
                              "rgb+rgb*attention (what the RGB head sees), or raw")
-    parser.add_argument("--size", type=_size,
+    parser.add_argument("--size", type=rgb_side,
                         help="RGB side (heatmaps are size/4); default: the checkpoint's")
     parser.add_argument("--class-names", help="text file, one class name per line")
     parser.add_argument("--no-check", action="store_true",

@@ -33,246 +33,32 @@ paper's 48 frames and 224x224 for PyTorch checkpoints and descriptions without o
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from epam_jax import checkpoints
-from epam_jax.checkpoints import describe, load_meta, load_variables, recorded_geometry
-from epam_jax.data import ClipConfig, load_annotations
-from epam_jax.data.device_inputs import DeviceInputs
-from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
-from epam_jax.streams import check_finite
-from epam_jax.tuning import Tuning
-from epam_jax.viz import (
+from epam_jax.checkpoints import LoadedModel, load_model
+from epam_jax.cli import (
+    OneLineErrors,
     atomic_output,
-    denormalize_rgb,
     ensure_writable_dir,
     output_dirs,
-    save_attention_pictures,
+    rgb_side,
+    run_cli,
+    write_npz,
 )
+from epam_jax.data import ClipConfig, load_annotations
+from epam_jax.data.device_inputs import DeviceInputs
+from epam_jax.forward import POOLINGS, make_forward
+from epam_jax.models import FUSIONS
+from epam_jax.viz import denormalize_rgb, save_attention_pictures
 
-TWO_STREAM_MODELS = ("epam", "backbone")
-FUSIONS = ("multiply", "residual", "none")
-POOLINGS = ("pooled", "unpooled", "both")
 META_FILE = "extract_meta.json"
-TORCH_SUFFIXES = (".pth", ".pt", ".tar")
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A two-stream model, its variables (host numpy) and its description."""
-
-    model: EPAMNet | EPAMBackbone
-    variables: dict
-    meta: dict[str, Any]
-
-    @property
-    def has_heads(self) -> bool:
-        return isinstance(self.model, EPAMNet)
-
-    def clip_fields(self, **overrides: Any) -> dict[str, Any]:
-        """The ClipConfig geometry to run this model with: what its checkpoint records
-        (else the paper's), with the given overrides (``checkpoints.clip_fields``)."""
-        return checkpoints.clip_fields(self.meta, **overrides)
-
-
-def _torch_variables(path: Path) -> dict:
-    """Variables of a PyTorch EPAM-Net (with heads) or backbone (without) checkpoint."""
-    try:
-        import converters
-    except ImportError as err:  # pragma: no cover - the package ships with the project
-        raise ImportError("reading a PyTorch checkpoint needs the converters package") from err
-    try:
-        import torch  # noqa: F401
-    except ImportError as err:
-        raise ImportError(
-            f"{path} is a PyTorch checkpoint; reading it needs torch: pip install "
-            "'epam-jax[torch]' (or convert it once with python -m converters)"
-        ) from err
-    state_dict = converters.read_torch_checkpoint(path)  # one clear line if unreadable
-    errors = []
-    for model in TWO_STREAM_MODELS:
-        try:
-            keyed, _ = converters.normalize_keys(state_dict, model)
-            return converters.torch_to_flax(keyed, model)
-        except converters.ConversionError as err:
-            errors.append(f"as {model!r}: {err}")
-    raise ValueError(
-        f"{path} is not a two-stream EPAM-Net checkpoint (tried "
-        + "; ".join(errors)
-        + "); single-stream checkpoints are combined with "
-        "converters.from_single_stream_checkpoints"
-    )
-
-
-def build_model(meta: dict[str, Any]) -> EPAMNet | EPAMBackbone:
-    """The model a checkpoint description names; only two-stream models are accepted."""
-    if meta.get("model") not in TWO_STREAM_MODELS:
-        raise ValueError(
-            f"expected a two-stream EPAM-Net checkpoint (model 'epam' or 'backbone'), got a "
-            f"{meta.get('model')!r} checkpoint; single-stream checkpoints cannot compute "
-            "the attention"
-        )
-    attention = meta.get("attention_type") or "CBAM_spatial_efficient_temporal"
-    if meta["model"] == "epam":
-        return EPAMNet(num_classes=int(meta["num_classes"]), attention_type=attention)
-    return EPAMBackbone(attention_type=attention)
-
-
-@functools.lru_cache(maxsize=8)
-def _expected_shapes(model: Any) -> dict:
-    return variable_shapes(model)  # traces the model: worth keeping per (hashable) model
-
-
-def _check_tree(model: Any, variables: dict, source: Path) -> None:
-    expected = _expected_shapes(model)
-    want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(
-        {c: expected[c] for c in ("params", "batch_stats")})}
-    got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(
-        {c: variables[c] for c in ("params", "batch_stats")})}
-    missing = sorted(set(want) - set(got))
-    unexpected = sorted(set(got) - set(want))
-    wrong = sorted(k for k in set(want) & set(got) if tuple(want[k]) != tuple(got[k]))
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{source} does not fit {type(model).__name__}: {len(missing)} missing "
-            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} "
-            f"misshapen {wrong[:3]}"
-        )
-
-
-def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """A two-stream model from an epam-jax checkpoint directory or a PyTorch ``.pth``.
-
-    Single-stream and unknown checkpoints are refused with a message saying what was found.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.is_file():
-        if path.name == checkpoints.META_FILE:
-            raise ValueError(f"{path} is the description of an epam-jax checkpoint; pass the "
-                             f"directory holding it, {path.parent}")
-        if path.suffix not in TORCH_SUFFIXES:
-            raise ValueError(
-                f"{path} is a file but not a PyTorch checkpoint ({', '.join(TORCH_SUFFIXES)}); "
-                "epam-jax checkpoints are directories written by "
-                "epam_jax.checkpoints.save_variables"
-            )
-        variables = _torch_variables(path)
-        meta = describe(variables)
-    else:
-        meta = load_meta(path)
-        build_model(meta)  # refuse other models before reading the weights
-        recorded_geometry(meta, path)  # and a malformed clip geometry
-        variables = load_variables(path)
-        found = describe(variables)
-        if found["model"] != meta["model"]:
-            raise ValueError(
-                f"{path}: its description says {meta['model']!r} but it holds "
-                f"{found['model']!r} variables"
-            )
-        meta = meta | found
-    model = build_model(meta)
-    _check_tree(model, variables, path)
-    return LoadedModel(model, variables, dict(meta, checkpoint=os.fspath(path.absolute())))
-
-
-# --------------------------------------------------------------------------- the forward pass
-
-
-def _outputs(module: Any, rgb: jax.Array, pose: jax.Array, fusion: str, pooling: str,
-             heads: bool) -> dict[str, jax.Array]:
-    rgb_feats, pose_feats, attention = module.features(rgb, pose, False)
-    fused = {"multiply": rgb_feats * attention, "residual": rgb_feats + rgb_feats * attention,
-             "none": rgb_feats}[fusion]
-    out = {"attention": attention}
-    if pooling in ("unpooled", "both"):
-        out["rgb_features"] = fused
-        out["pose_features"] = pose_feats
-    if pooling in ("pooled", "both"):
-        out["rgb_pooled"] = jnp.mean(fused, axis=(1, 2, 3))
-        out["pose_pooled"] = jnp.mean(pose_feats, axis=(1, 2, 3))
-    if heads:
-        rgb_logits = module.rgb_cls_head(rgb_feats + rgb_feats * attention, train=False)
-        pose_logits = module.pose_cls_head(pose_feats, train=False)
-        out |= {"rgb_logits": rgb_logits, "pose_logits": pose_logits,
-                "scores": rgb_logits + pose_logits}
-    return out
-
-
-def _forward_outputs(variables: dict, batch: dict[str, jax.Array], *, model: Any,
-                     fusion: str, pooling: str, inputs: DeviceInputs) -> dict[str, jax.Array]:
-    heads = isinstance(model, EPAMNet)
-    batch = inputs(batch)
-    return model.apply(
-        variables, batch["rgb"], batch["heatmap"],
-        method=lambda m, r, p: _outputs(m, r, p, fusion, pooling, heads)
-    )
-
-
-@functools.cache
-def _jitted_forward() -> Callable[..., dict[str, jax.Array]]:
-    # One jitted function keyed on the (hashable) model, so every caller shares the
-    # compile; made on first use so importing this module starts no JAX backend.
-    return jax.jit(_forward_outputs, static_argnames=("model", "fusion", "pooling", "inputs"))
-
-
-def make_forward(
-    loaded: LoadedModel, fusion: str = "multiply", pooling: str = "pooled",
-    inputs: DeviceInputs | None = None,
-) -> tuple[Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]], int]:
-    """A jit-compiled ``forward(batch) -> {name: numpy array}`` sharded over all local
-    devices (batch on mesh axis 'data', variables replicated), and the device count the
-    batch size must be a multiple of. ``batch`` holds 'rgb' (float32 normalised or uint8)
-    and 'heatmap' or 'keypoint', finished on the device by ``inputs`` (the loader's
-    ``DeviceInputs.of(config)``)."""
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    devices = np.array(jax.local_devices())
-    mesh = jax.sharding.Mesh(devices, ("data",))
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    variables = jax.device_put(loaded.variables, replicated)
-    model = loaded.model.clone(tuning=Tuning.for_devices(devices))
-    inputs = inputs or DeviceInputs()
-
-    def forward(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pose_key = "keypoint" if "keypoint" in batch else "heatmap"
-        arrays = {"rgb": np.asarray(batch["rgb"]), pose_key: np.asarray(batch[pose_key])}
-        for key, array in arrays.items():
-            if array.dtype == np.uint8 and key == "rgb":
-                continue
-            if not np.issubdtype(array.dtype, np.floating):
-                raise ValueError(
-                    f"batch[{key!r}] must be float32 ('rgb' may also be uint8 frames, "
-                    f"normalised on the device), got {array.dtype}")
-            arrays[key] = array.astype(np.float32, copy=False)
-            check_finite(arrays[key], f"batch[{key!r}]")
-        if len(arrays["rgb"]) % len(devices):
-            raise ValueError(
-                f"batch of {len(arrays['rgb'])} clips does not split over {len(devices)} "
-                "devices")
-        placed = jax.device_put(arrays, batch_sharding)
-        out = _jitted_forward()(variables, placed, model=model, fusion=fusion,
-                                pooling=pooling, inputs=inputs)
-        return jax.tree_util.tree_map(np.asarray, out)
-
-    return forward, len(devices)
 
 
 # --------------------------------------------------------------------------- writing
@@ -284,12 +70,6 @@ def clip_name(frame_dir: str) -> str:
     if name in ("", ".", ".."):
         raise ValueError(f"cannot name an output file after frame_dir {frame_dir!r}")
     return name
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to ``path`` atomically (a file that exists is complete)."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
 
 
 def _check_meta(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
@@ -462,13 +242,6 @@ def extract_video(
 # --------------------------------------------------------------------------- CLI
 
 
-def _size(text: str) -> int:
-    side = int(text)
-    if side <= 0 or side % 4:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of 4, got {text}")
-    return side
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrors(
         prog="python -m epam_jax.extract",
@@ -494,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "or raw")
     parser.add_argument("--pooling", choices=POOLINGS, default="pooled",
                         help="save pooled vectors, unpooled maps, or both")
-    parser.add_argument("--size", type=_size, default=None,
+    parser.add_argument("--size", type=rgb_side, default=None,
                         help="RGB side (pose heatmaps are size/4); default: the checkpoint's "
                              "clip geometry (224 for checkpoints that record none)")
     parser.add_argument("--pictures", action="store_true", help="attention PNG per clip")
@@ -551,23 +324,6 @@ def _extract_cli(args: argparse.Namespace) -> list[Path]:
         written = extract(anns, config, loaded, args.out_dir, batch_size=args.batch_size,
                           **common)
     return written
-
-
-class OneLineErrors(argparse.ArgumentParser):
-    """argparse whose refusals (a missing or malformed argument) are one line ``error:
-    ...`` with exit status 2, like ``run_cli``'s, instead of the whole usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (usage: {self.prog} -h)\n")
-
-
-def run_cli(entry: Callable[[], Any]) -> None:
-    """Run a CLI entry point; the clear errors raised for bad input (unreadable video, no
-    person, wrong checkpoint, unwritable folder, ...) print one line instead of a traceback."""
-    try:
-        entry()
-    except (ValueError, OSError, RuntimeError, ImportError) as err:
-        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

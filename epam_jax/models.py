@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -21,7 +21,7 @@ Array = jax.Array
 Dtype = Any
 
 DEFAULT = Tuning()
-FUSIONS = ("multiply", "residual")
+FUSIONS = ("multiply", "residual", "none")  # see fuse
 STREAMS = ("rgb", "pose")
 
 
@@ -122,6 +122,28 @@ def make_attention(
     raise ValueError(f"attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
 
 
+class Features(NamedTuple):
+    """The two streams' features and the attention map of a pair of clips (NDHWC): rgb
+    (N, 16, 7, 7, 432), pose (N, 48, 7, 7, 216), attention (N, 16, 7, 7, 1) at full size."""
+
+    rgb: Array
+    pose: Array
+    attention: Array
+
+
+def fuse(rgb_feats: Array, attention: Array, fusion: str) -> Array:
+    """The RGB features with the attention applied: 'multiply' ``rgb * attention`` (the
+    backbone's output), 'residual' ``rgb + rgb * attention`` (what EPAM-Net's RGB head
+    sees), 'none' the raw RGB features."""
+    if fusion == "multiply":
+        return rgb_feats * attention
+    if fusion == "residual":
+        return rgb_feats + rgb_feats * attention
+    if fusion == "none":
+        return rgb_feats
+    raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+
+
 class _TwoStream(nn.Module):
     """Shared body of EPAMBackbone and EPAMNet: streams, alignment and attention."""
 
@@ -174,8 +196,8 @@ class _TwoStream(nn.Module):
         chunk = self.tuning.eval_chunk
         return batch if chunk == 0 else min(chunk, batch)
 
-    def features(self, rgb: Array, pose: Array, train: bool) -> tuple[Array, Array, Array]:
-        """``(rgb_features, pose_features, attention)`` for a pair of clips.
+    def features(self, rgb: Array, pose: Array, train: bool) -> Features:
+        """``Features(rgb, pose, attention)`` for a pair of clips.
 
         In eval the batch runs ``eval_chunk_size`` clips at a time.
         """
@@ -224,16 +246,14 @@ class _TwoStream(nn.Module):
             outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), outs, tail)
         return outs
 
-    def _features(
-        self, rgb: Array, pose: Array, stride: int, train: bool
-    ) -> tuple[Array, Array, Array]:
+    def _features(self, rgb: Array, pose: Array, stride: int, train: bool) -> Features:
         rgb_feats = self.rgb_backbone(rgb, train=train and not self.freeze_rgb)
         if self.freeze_rgb:
             rgb_feats = jax.lax.stop_gradient(rgb_feats)
         pose_feats = self.pose_backbone(pose, train=train and not self.freeze_pose)
         if self.freeze_pose:
             pose_feats = jax.lax.stop_gradient(pose_feats)
-        return rgb_feats, pose_feats, self._attend(rgb_feats, pose_feats, stride, train)
+        return Features(rgb_feats, pose_feats, self._attend(rgb_feats, pose_feats, stride, train))
 
     def _attend(self, rgb_feats: Array, pose_feats: Array, stride: int, train: bool) -> Array:
         """The attention map from the pose frames aligned with the RGB frames."""
@@ -245,8 +265,8 @@ class _TwoStream(nn.Module):
     ):
         """Eval outputs from the two streams' features (``stream_features``), as ``__call__``."""
         attention = self._attend(rgb_feats, pose_feats, stride, train=False)
-        return self.outputs(rgb_feats, pose_feats, attention, train=False,
-                            return_attention=return_attention)
+        return self._returns(rgb_feats, pose_feats, attention, train=False,
+                             return_attention=return_attention)
 
 
 class EPAMBackbone(_TwoStream):
@@ -272,17 +292,17 @@ class EPAMBackbone(_TwoStream):
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         rgb_feats, pose_feats, attention = self.features(rgb, pose, train)
-        return self.outputs(rgb_feats, pose_feats, attention, train=train,
-                            return_attention=return_attention)
+        return self._returns(rgb_feats, pose_feats, attention, train=train,
+                             return_attention=return_attention)
 
-    def outputs(
+    def _returns(
         self, rgb_feats: Array, pose_feats: Array, attention: Array, *, train: bool,
         return_attention: bool
     ):
-        """The fused features (and attention) from the streams' features."""
-        fused = rgb_feats * attention
-        if self.fusion == "residual":
-            fused = rgb_feats + fused
+        """What ``__call__`` returns, the original backbone's tuple: the fused RGB features,
+        the pose features unless ``return_both_streams=False`` (then a bare array when
+        nothing else is asked), and the attention with ``return_attention``."""
+        fused = fuse(rgb_feats, attention, self.fusion)
         out = (fused, pose_feats) if self.return_both_streams else (fused,)
         if return_attention:
             out = out + (attention,)
@@ -308,15 +328,16 @@ class EPAMNet(_TwoStream):
         self, rgb: Array, pose: Array, *, train: bool = False, return_attention: bool = False
     ):
         rgb_feats, pose_feats, attention = self.features(rgb, pose, train)
-        return self.outputs(rgb_feats, pose_feats, attention, train=train,
-                            return_attention=return_attention)
+        return self._returns(rgb_feats, pose_feats, attention, train=train,
+                             return_attention=return_attention)
 
-    def outputs(
+    def _returns(
         self, rgb_feats: Array, pose_feats: Array, attention: Array, *, train: bool,
         return_attention: bool
     ):
-        """Both heads' logits (and attention) from the streams' features."""
-        rgb_logits = self.rgb_cls_head(rgb_feats + rgb_feats * attention, train=train)
+        """What ``__call__`` returns: both heads' logits, and the attention with
+        ``return_attention``."""
+        rgb_logits = self.rgb_cls_head(fuse(rgb_feats, attention, "residual"), train=train)
         pose_logits = self.pose_cls_head(pose_feats, train=train)
         if return_attention:
             return rgb_logits, pose_logits, attention

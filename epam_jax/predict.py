@@ -27,25 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from epam_jax.checkpoints import describe_clip
+from epam_jax.checkpoints import LoadedModel, describe_clip, load_model
+from epam_jax.cli import OneLineErrors, atomic_output, output_dirs, run_cli, write_npz
 from epam_jax.data import ClipConfig
 from epam_jax.data.datasets import read_names
 from epam_jax.data.ntu_classes import class_names
-from epam_jax.extract import (
-    LoadedModel,
-    OneLineErrors,
-    load_model,
-    make_forward,
-    run_cli,
-    write_npz,
-)
+from epam_jax.forward import make_forward
 from epam_jax.realvideo import VideoClip, check_video, single_video_annotation, video_clip
-from epam_jax.viz import (
-    atomic_output,
-    output_dirs,
-    save_attention_gif,
-    save_attention_pictures,
-)
+from epam_jax.viz import save_attention_gif, save_attention_pictures
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

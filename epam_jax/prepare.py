@@ -57,11 +57,11 @@ import av
 import numpy as np
 from PIL import Image
 
+from epam_jax.cli import output_dirs
 from epam_jax.data.annotations import parse_annotations, safe_loads
 from epam_jax.data.pipeline import ClipConfig
 from epam_jax.data.transforms import compact_box, nan_to_zero
 from epam_jax.data.video import resize_frame
-from epam_jax.viz import output_dirs
 
 FORMATS = ("mp4", "frames")
 MANIFEST_NAME = "prepare_manifest.json"

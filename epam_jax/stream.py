@@ -61,6 +61,8 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
+from epam_jax.checkpoints import LoadedModel, load_model
+from epam_jax.cli import OneLineErrors, atomic_output, ensure_writable_dir, output_dirs, run_cli
 from epam_jax.data import ClipConfig, load_annotations, parse_annotations, save_annotations
 from epam_jax.data.datasets import read_names
 from epam_jax.data.ntu_classes import class_names
@@ -76,7 +78,7 @@ from epam_jax.data.video import (
     too_small,
     truncation_tolerance,
 )
-from epam_jax.extract import LoadedModel, OneLineErrors, load_model, make_forward, run_cli
+from epam_jax.forward import make_forward
 from epam_jax.predict import require_heads, top_k
 from epam_jax.realvideo import (
     check_pose_frames,
@@ -85,13 +87,7 @@ from epam_jax.realvideo import (
     person_inputs,
     select_pose_sample,
 )
-from epam_jax.viz import (
-    _font,
-    atomic_output,
-    blend_attention,
-    ensure_writable_dir,
-    output_dirs,
-)
+from epam_jax.viz import _font, blend_attention
 
 STATUSES = ("ok", "no_person", "dropped")
 TIMELINE_FORMATS = ("jsonl", "csv")

@@ -12,16 +12,15 @@ with more attention look hotter than frames with less; the scale is printed on t
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from epam_jax.cli import atomic_output, ensure_writable_dir
 from epam_jax.data.transforms import RGB_MEAN, RGB_STD
 
 # "jet": dark blue -> blue -> cyan -> yellow -> red -> dark red (position, r, g, b).
@@ -91,101 +90,6 @@ def denormalize_rgb(rgb: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected RGB with 3 channels last, got {rgb.shape}")
     out = rgb * np.asarray(RGB_STD, np.float32) + np.asarray(RGB_MEAN, np.float32)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-class OutputPathBlocked(NotADirectoryError, PermissionError):
-    """A file stands where an output folder (or one of its parents) should go: the folder
-    cannot be made (a NotADirectoryError, and a PermissionError as before)."""
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """``path`` and its ancestors that do not exist yet, outermost first."""
-    missing = []
-    probe = path.absolute()
-    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    return missing[::-1]
-
-
-def ensure_writable_dir(path: str | os.PathLike[str], what: str = "output") -> Path:
-    """Create directory ``path`` if needed and check it can be written; clear errors if not."""
-    path = Path(path)
-    missing = _missing_folders(path)
-    existing = missing[0].parent if missing else path.absolute()  # nearest that exists
-    if existing.exists() and not existing.is_dir():
-        raise OutputPathBlocked(f"cannot create the {what} directory {path}: {existing} "
-                                "is a file, not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PermissionError(f"cannot create the {what} directory {path}: {err}") from err
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PermissionError(f"the {what} directory {path} is not writable")
-    return path
-
-
-@contextlib.contextmanager
-def output_dirs(*paths: str | os.PathLike[str] | None, what: str = "output",
-                scratch: Sequence[str] = ()) -> Iterator[list[Path]]:
-    """Make the output folders ``paths`` (None entries skipped) for the block, each
-    checked writable (``ensure_writable_dir``), and yield them.
-
-    When the block raises, every folder made here that holds nothing but files named in
-    ``scratch`` (bookkeeping such as a settings record or a lock) is removed again, so a
-    failed command leaves no empty output folder behind; a folder that holds a result
-    (e.g. extraction's per-clip files, to resume from) is kept, and folders that existed
-    before are never touched.
-    """
-    made: list[Path] = []
-    try:
-        folders = []
-        for path in paths:
-            if path is None:
-                continue
-            missing = _missing_folders(Path(path))
-            try:
-                folders.append(ensure_writable_dir(path, what))
-            finally:
-                made += [m for m in missing if m.is_dir()]
-        yield folders
-    except BaseException:
-        for folder in sorted(set(made), key=lambda m: len(m.parts), reverse=True):
-            _remove_if_unused(folder, set(scratch))
-        raise
-
-
-def _remove_if_unused(folder: Path, scratch: set[str]) -> None:
-    """Remove ``folder`` if it holds only ``scratch`` files (or nothing)."""
-    with contextlib.suppress(OSError):
-        entries = list(folder.iterdir())
-        if all(e.name in scratch and e.is_file() and not e.is_symlink() for e in entries):
-            for entry in entries:
-                entry.unlink()
-            folder.rmdir()
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``.
-
-    A crash or error leaves no file at ``path`` (the temporary one is removed), so a
-    file that exists is always complete.
-    """
-    path = Path(path)
-    ensure_writable_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give a normal file's mode
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- drawing
@@ -413,14 +317,11 @@ def clip_attention(attention: np.ndarray, index: int = 0) -> np.ndarray:
 
 __all__: Sequence[str] = (
     "COLORMAP",
-    "atomic_output",
     "attention_animation",
     "attention_grid",
     "check_frames_attention",
     "clip_attention",
     "denormalize_rgb",
-    "ensure_writable_dir",
-    "output_dirs",
     "overlay",
     "save_attention_gif",
     "save_attention_pictures",

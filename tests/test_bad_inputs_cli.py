@@ -27,10 +27,10 @@ import av
 import numpy as np
 import pytest
 
+from epam_jax.checkpoints import LoadedModel
+from epam_jax.cli import OutputPathBlocked, output_dirs, run_cli
 from epam_jax.data import load_annotations, make_synthetic_dataset, save_annotations
-from epam_jax.extract import LoadedModel, run_cli
 from epam_jax.models import EPAMNet
-from epam_jax.viz import OutputPathBlocked, output_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3

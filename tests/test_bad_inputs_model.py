@@ -1,6 +1,6 @@
 """Bad model inputs through the Python API: integer frames, NaN and infinity.
 
-Eager ``apply`` calls and the host-side forward of ``extract.make_forward`` refuse them
+Eager ``apply`` calls and the host-side forward of ``forward.make_forward`` refuse them
 with one line naming the input; under ``jax.jit`` the values are unknown while tracing.
 """
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import random_variables
 
-from epam_jax.extract import LoadedModel, make_forward
+from epam_jax.checkpoints import LoadedModel
+from epam_jax.forward import make_forward
 from epam_jax.models import EPAMBackbone
 
 RGB_SHAPE = (1, 4, 32, 32, 3)

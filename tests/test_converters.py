@@ -13,15 +13,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from converters import (  # noqa: E402
-    ConversionError,
-    flax_to_torch,
-    from_single_stream_checkpoints,
-    load_torch_checkpoint,
-    torch_to_flax,
-)
+from converters import ConversionError, flax_to_torch, load_torch_checkpoint, torch_to_flax  # noqa: E402
 from converters.reference import build_reference, randomize_  # noqa: E402
-from epam_jax.checkpoints import load_variables, save_variables  # noqa: E402
+from epam_jax.checkpoints import (  # noqa: E402
+    from_single_streams,  # noqa: E402
+    load_variables,
+    save_variables,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,7 +153,7 @@ def test_orbax_files_and_single_stream_assembly(tmp_path):
     with pytest.raises(ValueError, match="'pose' checkpoint, expected 'rgb'"):
         load_variables(tmp_path / "pose_ckpt", expect_model="rgb")
 
-    variables = from_single_stream_checkpoints(
+    variables = from_single_streams(
         tmp_path / "rgb.pth", tmp_path / "pose_ckpt", model="epam"
     )
     assert set(variables["params"]) == {

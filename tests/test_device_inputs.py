@@ -14,7 +14,7 @@ from conftest import random_variables, relative_error
 from epam_jax.data import ClipConfig, ClipLoader, DeviceInputs, make_sample, make_synthetic_dataset
 from epam_jax.data.annotations import load_annotations
 from epam_jax.data.device_inputs import batch_bytes
-from epam_jax.train import build_model, create_train_state
+from epam_jax.train import create_train_state, training_model
 from epam_jax.train.step import loss_and_grads
 
 NUM_CLASSES = 3
@@ -91,7 +91,7 @@ def test_one_train_step_is_the_same_from_either_path(dataset: Path) -> None:
     host_cfg, dev_cfg = _configs(dataset, rgb=False, **SMALL)
     host, dev = _batch(dataset, host_cfg, True), _batch(dataset, dev_cfg, True)
     assert "rgb" not in dev and dev["keypoint"].shape == (4, 2, 8, 17, 3)
-    model = build_model("pose", NUM_CLASSES, dropout_ratio=0.5)
+    model = training_model("pose", NUM_CLASSES, dropout_ratio=0.5)
     variables = random_variables(model, seed=1)  # random statistics, non-zero gammas
     state = create_train_state(model, variables, optax.sgd(0.1), seed=0)
     step = jax.jit(lambda s, b, inputs: loss_and_grads(s, b, mode="pose", inputs=inputs),

@@ -25,8 +25,8 @@ from conftest import random_variables
 from PIL import Image
 
 from epam_jax import evaluate
+from epam_jax.checkpoints import load_model
 from epam_jax.data import ClipConfig, load_annotations, make_sample, make_synthetic_dataset
-from epam_jax.extract import load_model
 from epam_jax.metrics import accuracy_metrics, softmax
 from epam_jax.prepare import prepare_videos
 

@@ -19,9 +19,9 @@ import pytest
 from conftest import random_variables
 
 from epam_jax import export as ex
-from epam_jax.checkpoints import clip_geometry, save_variables
+from epam_jax.checkpoints import clip_geometry, load_model, save_variables
+from epam_jax.cli import run_cli
 from epam_jax.data import ClipConfig
-from epam_jax.extract import load_model, run_cli
 from epam_jax.models import EPAMNet
 
 SIZE = 64
@@ -45,7 +45,8 @@ def checkpoint(tmp_path_factory):
     names = root / "classes.txt"
     names.write_text("\n".join(NAMES) + "\n")
     # recorded geometry: the paper's frames at SIZE, which the export takes without --size
-    geometry = clip_geometry(ClipConfig(rgb_size=(SIZE, SIZE), heatmap_size=(SIZE // 4,) * 2))
+    geometry = clip_geometry(ClipConfig(video_root=str(root), rgb_size=(SIZE, SIZE),
+                                        heatmap_size=(SIZE // 4,) * 2))
     return save_variables(root / "epam", variables, geometry=geometry), names
 
 

@@ -18,8 +18,9 @@ from conftest import ncthw_to_ndhwc, random_clips, relative_error
 torch = pytest.importorskip("torch")
 
 from converters import torch_to_flax  # noqa: E402
-from converters.convert import build_model, iter_flax_tensors  # noqa: E402
+from converters.convert import iter_flax_tensors  # noqa: E402
 from converters.reference import build_reference, randomize_  # noqa: E402
+from epam_jax.checkpoints import build_model  # noqa: E402
 from epam_jax.tuning import PLATFORM_TUNINGS, Tuning  # noqa: E402
 
 ATTENTIONS = ("CBAM_spatial_efficient_temporal", "spatial_temporal")

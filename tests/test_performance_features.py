@@ -21,7 +21,7 @@ from epam_jax.models import (
     parse_remat,
     variable_shapes,
 )
-from epam_jax.train.state import build_model
+from epam_jax.train.state import training_model
 from epam_jax.tuning import PLATFORM_TUNINGS, Tuning
 from epam_jax.xla_options import KEEP_REMAT_BARRIERS, NO_TRITON_GEMM, compiler_options
 
@@ -183,8 +183,8 @@ def test_remat_of_named_stages_checks_the_names(remat, message):
 )
 def test_remat_settings_from_a_configuration(value, expected):
     assert parse_remat(value) == expected
-    assert build_model("epam", 4, remat=value).remat == expected
-    stream = build_model("pose", 4, remat=value)
+    assert training_model("epam", 4, remat=value).remat == expected
+    stream = training_model("pose", 4, remat=value)
     assert stream.remat == expected
 
 
@@ -200,7 +200,7 @@ def test_remat_settings_refuse_what_they_do_not_know(value, message):
     with pytest.raises(ValueError, match=message):
         parse_remat(value)
     with pytest.raises(ValueError, match=message):
-        build_model("epam", 4, remat=value)
+        training_model("epam", 4, remat=value)
 
 
 @pytest.mark.parametrize(

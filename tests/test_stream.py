@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from conftest import pose_python, random_variables, relative_error, synthetic_person
 
-from epam_jax.checkpoints import save_variables
+from epam_jax.checkpoints import load_model, save_variables
+from epam_jax.cli import run_cli
 from epam_jax.data import (
     ClipConfig,
     decode_video_frames,
@@ -31,7 +32,6 @@ from epam_jax.data import (
     save_annotations,
     uniform_sample_indices,
 )
-from epam_jax.extract import load_model, run_cli
 from epam_jax.models import EPAMNet
 from epam_jax.realvideo import person_box, person_inputs, video_poses
 from epam_jax.stream import WindowPlan, _Recognizer, main, recognize_stream

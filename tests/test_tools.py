@@ -22,6 +22,7 @@ from conftest import pose_python, random_variables, synthetic_person
 from PIL import Image
 
 from epam_jax.checkpoints import save_variables
+from epam_jax.cli import atomic_output
 from epam_jax.data import (
     ClipConfig,
     decode_video_frames,
@@ -31,13 +32,7 @@ from epam_jax.data import (
 )
 from epam_jax.data.ntu_classes import NTU60_CLASSES, NTU120_CLASSES, class_names
 from epam_jax.models import EPAMBackbone, EPAMNet, SingleStreamNet
-from epam_jax.viz import (
-    COLORMAP,
-    atomic_output,
-    denormalize_rgb,
-    overlay,
-    save_attention_pictures,
-)
+from epam_jax.viz import COLORMAP, denormalize_rgb, overlay, save_attention_pictures
 
 NTU_NAME = "ntu_S001C001P001R001A001_rgb"
 NUM_CLASSES = 60
@@ -214,7 +209,7 @@ def test_ntu_class_names() -> None:
 
 
 def test_load_model_accepts_two_stream_checkpoints_only(tmp_path: Path, model_dir) -> None:
-    from epam_jax.extract import load_model
+    from epam_jax.checkpoints import load_model
 
     path, variables = model_dir
     loaded = load_model(path)
@@ -241,7 +236,7 @@ def test_load_model_accepts_two_stream_checkpoints_only(tmp_path: Path, model_di
 def test_load_model_from_pytorch_checkpoint(tmp_path: Path, model_dir) -> None:
     torch = pytest.importorskip("torch")
     import converters
-    from epam_jax.extract import load_model
+    from epam_jax.checkpoints import load_model
 
     _, variables = model_dir
     state = converters.flax_to_torch(variables, model="epam")

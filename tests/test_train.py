@@ -17,7 +17,6 @@ from epam_jax.checkpoints import save_variables
 from epam_jax.metrics import flat_metrics, table_metrics
 from epam_jax.models import SingleStreamNet, variable_shapes
 from epam_jax.train import (
-    build_model,
     collect_scores,
     cross_entropy,
     eval_step,
@@ -26,6 +25,7 @@ from epam_jax.train import (
     make_schedule,
     param_labels,
     peak_learning_rate,
+    training_model,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,19 +159,19 @@ def _zero_variables(model) -> dict:
 def test_initial_checkpoint_of_another_model_or_class_count_is_refused(tmp_path) -> None:
     five = save_variables(tmp_path / "pose5", _zero_variables(
         SingleStreamNet(stream="pose", num_classes=5)))
-    model = build_model("pose", 6)
+    model = training_model("pose", 6)
     with pytest.raises(ValueError, match="trained for 5 classes, expected 6"):
         initial_variables(model, "pose", jax.random.PRNGKey(0), checkpoint=str(five))
     with pytest.raises(ValueError, match="holds a 'pose' checkpoint, expected 'rgb'"):
-        initial_variables(build_model("rgb", 5), "rgb", jax.random.PRNGKey(0),
+        initial_variables(training_model("rgb", 5), "rgb", jax.random.PRNGKey(0),
                           checkpoint=str(five))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         initial_variables(model, "pose", jax.random.PRNGKey(0), checkpoint=str(tmp_path / "x"))
-    restored = initial_variables(build_model("pose", 5), "pose", jax.random.PRNGKey(0),
+    restored = initial_variables(training_model("pose", 5), "pose", jax.random.PRNGKey(0),
                                  checkpoint=str(five))
     assert restored["params"]["pose_cls_head"]["fc_cls"]["bias"].shape == (5,)
     with pytest.raises(ValueError, match="freeze_rgb"):
-        build_model("pose", 5, freeze_rgb=True)
+        training_model("pose", 5, freeze_rgb=True)
 
 
 def _train_py(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -33,12 +33,12 @@ def run(parallel: str, num_devices: int | None, out: str, process: tuple[int, in
 
     from epam_jax.train import (
         DataParallel,
-        build_model,
         create_train_state,
         initial_variables,
         initialize_distributed,
         make_optimizer,
         make_schedule,
+        training_model,
     )
 
     port, pid, count = process
@@ -46,7 +46,7 @@ def run(parallel: str, num_devices: int | None, out: str, process: tuple[int, in
         initialize_distributed(f"127.0.0.1:{port}", count, pid)
     devices = jax.devices()[:num_devices] if num_devices else None
     dp = DataParallel(parallel, devices)
-    model = build_model("rgb", NUM_CLASSES, dropout_ratio=0.0, bn_axis_name=dp.bn_axis_name)
+    model = training_model("rgb", NUM_CLASSES, dropout_ratio=0.0, bn_axis_name=dp.bn_axis_name)
     variables = initial_variables(model, "rgb", jax.random.PRNGKey(0))
     tx = make_optimizer(variables["params"], make_schedule(0.2, 10))
     state = dp.put_state(jax.device_put(create_train_state(model, variables, tx, 0),

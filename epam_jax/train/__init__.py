@@ -13,10 +13,10 @@ from epam_jax.train.state import (
     MODES,
     EvalState,
     TrainState,
-    build_model,
     create_train_state,
     frozen_modules,
     initial_variables,
+    training_model,
 )
 from epam_jax.train.step import (
     cross_entropy,
@@ -33,7 +33,6 @@ __all__ = [
     "EvalState",
     "NonFiniteLossError",
     "TrainState",
-    "build_model",
     "collect_scores",
     "create_train_state",
     "cross_entropy",
@@ -51,4 +50,5 @@ __all__ = [
     "peak_learning_rate",
     "train_and_evaluate",
     "train_step",
+    "training_model",
 ]

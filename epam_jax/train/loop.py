@@ -36,10 +36,10 @@ from epam_jax.train.lock import WorkdirLock, WorkdirLockError
 from epam_jax.train.optim import make_optimizer, make_schedule, peak_learning_rate
 from epam_jax.train.parallel import DataParallel, initialize_distributed
 from epam_jax.train.state import (
-    build_model,
     create_train_state,
     frozen_modules,
     initial_variables,
+    training_model,
 )
 from epam_jax.tuning import Tuning
 
@@ -203,7 +203,7 @@ def truncate_metrics(path: Path, last_step: int) -> int:
     """Keep the rows of ``path`` (JSON lines) with step <= ``last_step``, rewriting it
     atomically; return how many were dropped. A line that does not parse (the end of a
     row cut off by a kill) is dropped too."""
-    from epam_jax.viz import atomic_output
+    from epam_jax.cli import atomic_output
 
     kept, dropped = [], 0
     for line in path.read_text().splitlines():
@@ -291,10 +291,10 @@ def _train(config: Any, workdir: Path, dp: DataParallel, local_batch: int,
            local_eval_batch: int) -> dict[str, Any]:
     primary = jax.process_index() == 0
     m = config.model
-    model = build_model(config.mode, config.data.num_classes, dropout_ratio=m.dropout_ratio,
-                        attention_type=m.attention_type, freeze_rgb=m.freeze_rgb,
-                        freeze_pose=m.freeze_pose, remat=m.remat, dtype=m.dtype,
-                        bn_axis_name=dp.bn_axis_name, tuning=dp.tuning)
+    model = training_model(config.mode, config.data.num_classes,
+                           dropout_ratio=m.dropout_ratio, attention_type=m.attention_type,
+                           freeze_rgb=m.freeze_rgb, freeze_pose=m.freeze_pose, remat=m.remat,
+                           dtype=m.dtype, bn_axis_name=dp.bn_axis_name, tuning=dp.tuning)
     train_loader, val_loader = make_loaders(config, local_batch, local_eval_batch)
     total_steps, eval_every, ckpt_every = _steps(config, len(train_loader))
 
@@ -513,8 +513,8 @@ def write_attention_picture(config: Any, variables: Mapping, val_loader: Any,
 
     batch = next(iter(val_loader))
     m = config.model
-    model = build_model("epam", config.data.num_classes, attention_type=m.attention_type,
-                        dtype=m.dtype, tuning=Tuning.for_devices(jax.local_devices()[:1]))
+    model = training_model("epam", config.data.num_classes, attention_type=m.attention_type,
+                           dtype=m.dtype, tuning=Tuning.for_devices(jax.local_devices()[:1]))
     first = DeviceInputs.of(clip_config(config))(
         {k: v[:1] for k, v in batch.items() if k in ("rgb", "heatmap", "keypoint")})
     rgb, pose = first["rgb"], first["heatmap"]

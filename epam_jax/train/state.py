@@ -10,11 +10,11 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
 
-from epam_jax.models import EPAMNet, SingleStreamNet, init_variables, parse_remat
+from epam_jax.checkpoints import build_model, check_variables, from_single_streams, load_model
+from epam_jax.models import init_variables, parse_remat
 from epam_jax.tuning import Tuning
 
 MODES = ("epam", "rgb", "pose")
@@ -50,7 +50,7 @@ class EvalState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def build_model(
+def training_model(
     mode: str,
     num_classes: int,
     *,
@@ -63,7 +63,8 @@ def build_model(
     bn_axis_name: str | None = None,
     tuning: Tuning | None = None,
 ) -> nn.Module:
-    """EPAMNet for mode 'epam', else the single stream ``mode`` with its head.
+    """EPAMNet for mode 'epam', else the single stream ``mode`` with its head, with the
+    training options (``checkpoints.build_model`` builds it).
 
     ``tuning``: the models' formulation (default ``Tuning()``, for CPU).
     """
@@ -71,14 +72,13 @@ def build_model(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    common = dict(num_classes=num_classes, dropout_ratio=dropout_ratio, remat=parse_remat(remat),
-                  bn_axis_name=bn_axis_name, dtype=DTYPES[dtype], tuning=tuning or Tuning())
+    options = dict(dropout_ratio=dropout_ratio, remat=parse_remat(remat),
+                   bn_axis_name=bn_axis_name, dtype=DTYPES[dtype], tuning=tuning or Tuning())
     if mode == "epam":
-        return EPAMNet(attention_type=attention_type, freeze_rgb=freeze_rgb,
-                       freeze_pose=freeze_pose, **common)
-    if freeze_rgb or freeze_pose:
+        options |= dict(freeze_rgb=freeze_rgb, freeze_pose=freeze_pose)
+    elif freeze_rgb or freeze_pose:
         raise ValueError(f"freeze_rgb/freeze_pose apply to mode 'epam', not {mode!r}")
-    return SingleStreamNet(stream=mode, **common)
+    return build_model(mode, num_classes, attention_type, **options)
 
 
 def frozen_modules(model: nn.Module) -> tuple[str, ...]:
@@ -89,10 +89,6 @@ def frozen_modules(model: nn.Module) -> tuple[str, ...]:
     if getattr(model, "freeze_pose", False):
         frozen.append("pose_backbone")
     return tuple(frozen)
-
-
-def _is_pytorch_file(path: str) -> bool:
-    return os.path.isfile(path)
 
 
 def initial_variables(
@@ -115,45 +111,19 @@ def initial_variables(
         if path and not os.path.exists(path):
             raise FileNotFoundError(f"initial checkpoint {path!r} does not exist")
     if checkpoint:
-        if _is_pytorch_file(checkpoint):
-            import converters
-
-            variables = converters.load_torch_checkpoint(
-                checkpoint, mode, num_classes=num_classes,
-                attention_type=getattr(model, "attention_type", None))
-        else:
-            from epam_jax.checkpoints import load_variables
-
-            variables = load_variables(checkpoint, expect_model=mode,
-                                       expect_num_classes=num_classes)
+        variables = load_model(checkpoint, models=(mode,), num_classes=num_classes,
+                               attention_type=getattr(model, "attention_type", None)).variables
     elif rgb_checkpoint or pose_checkpoint:
         if mode != "epam":
             raise ValueError(f"init.rgb/init.pose start mode 'epam', not {mode!r}; "
                              f"use init.checkpoint")
-        import converters
-
-        variables = converters.from_single_stream_checkpoints(
+        variables = from_single_streams(
             rgb_checkpoint or None, pose_checkpoint or None, model="epam",
             num_classes=num_classes, attention_type=model.attention_type, rng=rng)
     else:
         return jax.device_get(init_variables(model, rng))
-    _check_like(variables, model)
+    check_variables(model, variables, f"initial checkpoint {checkpoint or 'init.rgb/init.pose'}")
     return variables
-
-
-def _check_like(variables: Mapping, model: nn.Module) -> None:
-    """Raise unless ``variables`` has exactly the tree and shapes ``model`` builds."""
-    from epam_jax.models import variable_shapes
-
-    expected = variable_shapes(model)
-    want = {jax.tree_util.keystr(k): v.shape
-            for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-    got = {jax.tree_util.keystr(k): np.shape(v)
-           for k, v in jax.tree_util.tree_leaves_with_path(
-               {c: variables[c] for c in ("params", "batch_stats")})}
-    if want != got:
-        diff = sorted(set(want.items()) ^ set(got.items()))[:5]
-        raise ValueError(f"initial checkpoint does not fit the model; first differences: {diff}")
 
 
 def create_train_state(
