@@ -1,4 +1,11 @@
-"""Model variables on disk: an orbax checkpoint plus a small JSON description.
+"""Models on disk: where a model comes from a path, and the epam-jax checkpoint format.
+
+``model, variables = load(path)`` reads an epam-jax checkpoint directory or a PyTorch file
+of the original (through ``converters``, imported only then, with ``weights_only=True``);
+``load_model`` gives the tools the same with the checkpoint's description. Both build the
+model with ``build_model`` and check the variables with ``check_variables``, which names
+every missing, unexpected or misshapen array; training's initial variables and
+``from_single_streams`` (the original's two pretrained single streams) go the same way.
 
 A directory written by ``save_variables`` holds ``variables/`` (orbax, the
 ``{'params', 'batch_stats'}`` tree), ``checksums.json`` (a CRC-32 of every array, so that

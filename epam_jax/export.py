@@ -3,7 +3,7 @@
     python -m epam_jax.export CKPT OUT --format stablehlo|onnx [--outputs a,b]
         [--fusion residual] [--size S] [--class-names FILE]
 
-``CKPT`` is what ``epam_jax.extract.load_model`` reads (an epam-jax checkpoint directory or
+``CKPT`` is what ``epam_jax.checkpoints.load_model`` reads (an epam-jax checkpoint directory or
 a PyTorch ``.pth``). ``OUT`` gets the artifact, ``OUT.json`` what a caller needs to feed it
 (input shapes, layout, normalisation, frame sampling), its outputs, the versions and the
 measured agreement with ``model.apply``. The weights are baked in; the batch is dynamic.

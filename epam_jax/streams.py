@@ -62,7 +62,7 @@ def check_finite(x: Any, what: str) -> None:
 
     Eager calls are checked here; under ``jax.jit`` the values are unknown while tracing
     (``jax.config.update('jax_debug_nans', True)`` or ``jax.experimental.checkify``
-    find them there), and the host-side forward of ``epam_jax.extract.make_forward``
+    find them there), and the host-side forward of ``epam_jax.forward.make_forward``
     checks its numpy batches itself.
     """
     if isinstance(x, jax.core.Tracer):

@@ -4,7 +4,7 @@
   the wrong type, a config file that is missing or has no ``get_config``: one line
   ``error: ...`` and exit status 1, before any training work (subprocesses, cheap);
 - predict, extract, evaluate, stream, export, prepare: a command that fails leaves no
-  empty output folder behind (``epam_jax.viz.output_dirs``), while a folder that existed
+  empty output folder behind (``epam_jax.cli.output_dirs``), while a folder that existed
   before, or holds results to resume from, is kept;
 - a resumed training run: ``metrics.jsonl`` and TensorBoard hold each step once;
 - huge and non-positive numeric arguments: capped (``--batch-size``) or one line.
