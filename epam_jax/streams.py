@@ -67,9 +67,9 @@ def check_finite(x: Any, what: str) -> None:
     """
     if isinstance(x, jax.core.Tracer):
         return
-    finite = np.isfinite(np.asarray(x)) if isinstance(x, np.ndarray) else jnp.isfinite(x)
-    if not bool(finite.all()):
-        bad = np.argwhere(~np.asarray(finite))
+    finite = np.isfinite(np.asarray(x))  # numpy: under a trace jnp would be staged
+    if not finite.all():
+        bad = np.argwhere(~finite)
         raise ValueError(
             f"{what} holds {len(bad)} NaN or infinite values (first at index "
             f"{tuple(int(i) for i in bad[0])}); the model needs finite inputs"
