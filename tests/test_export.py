@@ -45,7 +45,8 @@ def checkpoint(tmp_path_factory):
     names = root / "classes.txt"
     names.write_text("\n".join(NAMES) + "\n")
     # recorded geometry: the paper's frames at SIZE, which the export takes without --size
-    geometry = clip_geometry(ClipConfig(rgb_size=(SIZE, SIZE), heatmap_size=(SIZE // 4,) * 2))
+    geometry = clip_geometry(ClipConfig(video_root=str(root), rgb_size=(SIZE, SIZE),
+                                        heatmap_size=(SIZE // 4,) * 2))
     return save_variables(root / "epam", variables, geometry=geometry), names
 
 
