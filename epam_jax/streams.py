@@ -67,9 +67,9 @@ def check_finite(x: Any, what: str) -> None:
     """
     if isinstance(x, jax.core.Tracer):
         return
-    finite = np.isfinite(np.asarray(x)) if isinstance(x, np.ndarray) else jnp.isfinite(x)
-    if not bool(finite.all()):
-        bad = np.argwhere(~np.asarray(finite))
+    finite = np.isfinite(np.asarray(x))  # numpy: under a trace jnp would be staged
+    if not finite.all():
+        bad = np.argwhere(~finite)
         raise ValueError(
             f"{what} holds {len(bad)} NaN or infinite values (first at index "
             f"{tuple(int(i) for i in bad[0])}); the model needs finite inputs"
@@ -169,9 +169,8 @@ class X3DStage(nn.Module):
     - ``eval_channel_multiple``: in eval the bottleneck's channels are padded
       with zeros to a multiple of it (54 -> 56, 108 -> 112): XLA:CPU's fused
       elementwise loops slow down on a channel axis that is not a whole number
-      of vectors (eval at batch 1 on a 2-core CPU: 185 -> 170-175 ms). The
-      outputs are unchanged; training gained nothing (2.05 vs 2.04 s a step at
-      batch 2) and runs unpadded.
+      of vectors (measured faster in eval on CPU, see docs/performance.md). The
+      outputs are unchanged; training gained nothing from it and runs unpadded.
     """
 
     num_blocks: int
