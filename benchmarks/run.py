@@ -56,6 +56,7 @@ benchmark (``benchmarks.heatmaps``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -415,10 +416,18 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: what to measure, then how."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    _add_configuration_args(parser)
+    _add_measurement_args(parser)
+    return parser
+
+
+def _add_configuration_args(parser: argparse.ArgumentParser) -> None:
+    """The configurations: batches, dtypes, frameworks, devices, runners, allocator."""
     parser.add_argument("--quick", action="store_true",
                         help="eval batch 1 and train batch 2 only, fewer repetitions")
     parser.add_argument("--eval-batches", type=_csv(int), default=[1, 4, 16])
@@ -466,6 +475,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--remat", choices=("auto", "none", "first", "all"), default="auto",
                         help="JAX train step with remat of the first stage of each stream "
                         "('first') or every stage ('all'); 'auto' as little as fits in memory")
+
+
+def _add_measurement_args(parser: argparse.ArgumentParser) -> None:
+    """How long each measurement runs, the extra sections and the JSON report."""
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=3.0, help="seconds per measurement")
     parser.add_argument("--max-time", type=float, default=60.0)
@@ -474,11 +487,102 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-flops", action="store_true")
     parser.add_argument("--no-heatmaps", action="store_true")
     parser.add_argument("--json", help="write every figure to this JSON file")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.eval_batches, args.train_batches = args.eval_batches[:1], args.train_batches[:1]
-        args.reps, args.min_time = 3, 1.0
-    timing = {"reps": args.reps, "min_time": args.min_time, "max_time": args.max_time}
+
+
+@dataclasses.dataclass
+class Bench:
+    """One benchmark run: its settled settings, the weights' directory and every result.
+
+    ``measure(config)`` runs one configuration in its own process, prints its line and
+    appends its result to ``results``.
+    """
+
+    args: argparse.Namespace
+    timing: dict[str, float]
+    envs: dict[str, dict[str, str]]  # 'default' and 'tuned' allocator environments
+    torch_device: str
+    torch_dtypes: list[str]
+    runners: list[str]
+    weights: str = ""
+    results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def first_allocator(self) -> str:
+        """The allocator of the main pass: tuned only with ``--allocator tuned``."""
+        return "tuned" if self.args.allocator == "tuned" else "default"
+
+    @property
+    def opt_in_batches(self) -> list[int]:
+        """Opt-in rows (other runners, the tuned allocator): the first two eval batches."""
+        return self.args.eval_batches[:2]
+
+    def jax_config(self, mode: str, batch: int, dtype: str, runner: str,
+                   allocator: str) -> dict[str, Any]:
+        """A JAX configuration with ``--remat`` and ``--tuning``."""
+        return {"framework": "jax", "mode": mode, "batch": batch, "dtype": dtype,
+                "remat": self.args.remat, "runner": runner,
+                "tuning_choice": self.args.tuning, "allocator": allocator}
+
+    def torch_config(self, mode: str, batch: int, dtype: str, threads: int,
+                     allocator: str) -> dict[str, Any]:
+        """A PyTorch configuration on ``torch_device``."""
+        return {"framework": "torch", "mode": mode, "batch": batch, "dtype": dtype,
+                "threads": threads, "device": self.torch_device, "allocator": allocator}
+
+    def run(self, config: dict[str, Any], env: dict[str, str], plan: bool = False
+            ) -> dict[str, Any]:
+        """``run_config`` with this run's weights, timing and timeout."""
+        return run_config(config, self.weights, env, self.timing, self.args.timeout,
+                          plan=plan)
+
+    def measure(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Run ``config`` (a JAX train step with ``--remat auto`` chooses its remat first),
+        record the result and print its line."""
+        allocator = config["allocator"]
+        print(f"  {config['mode']:5s} batch {config['batch']:2d} {_label(config):30s} ...",
+              end=" ", flush=True)
+        plan = None
+        if config["framework"] == "jax" and config["mode"] == "train" and \
+                config["remat"] == "auto":
+            # choose in a process of its own, with the default allocator, so the measured
+            # process compiles one step and its heap holds nothing of the others
+            plan = self.run(config, self.envs["default"], plan=True)
+            if "error" in plan:
+                self.results.append(plan)
+                print(f"choosing remat: {plan['error']}")
+                return plan
+            plan = plan["remat_plan"]
+            config = {**config, "remat": plan["choice"]}
+        r = self.run(config, self.envs[allocator])
+        if plan is not None:
+            r["remat_plan"] = plan
+        if "killed" in r.get("error", "") and allocator == "tuned" and \
+                self.args.allocator == "tuned":
+            # glibc holding freed memory can push a run that fits over the edge: retry once
+            # with the default allocator, and say so in the result
+            print("killed; again with the default allocator ...", end=" ", flush=True)
+            r = {**self.run(config, self.envs["default"]), "allocator": "default",
+                 "allocator_note": "default (the tuned one ran out of memory)"}
+        self.results.append(r)
+        _print_result(r)
+        return r
+
+
+def _print_result(r: dict[str, Any]) -> None:
+    """The end of a configuration's line: its error, or clips/s, memory and compile time."""
+    if "error" in r:
+        print(r["error"])
+        return
+    extra = f", compile {r['compile_s']:.1f} s" if "compile_s" in r else ""
+    device = (f", device peak {r['device_peak_bytes'] / 2**30:.2f} GB"
+              if "device_peak_bytes" in r else "")
+    print(f"{r['clips_per_s']:.2f} clips/s (median {r['clips_per_s_median']:.2f}), "
+          f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GB{device}{extra}, "
+          f"other load <= {r['other_load_max']}")
+
+
+def _plain_env() -> dict[str, str]:
+    """The configurations' environment: this one with the repository on PYTHONPATH."""
     # This process asks JAX for its backend; with XLA's default it would then hold 75% of a
     # GPU's memory for its lifetime and the configurations' processes would run short.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -486,18 +590,38 @@ def main(argv: list[str] | None = None) -> None:
     plain_env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), plain_env.get("PYTHONPATH")])
     )
+    return plain_env
+
+
+def setup(parser: argparse.ArgumentParser, args: argparse.Namespace
+          ) -> tuple[Bench, dict[str, Any]]:
+    """Apply ``--quick``, look at the machine and settle the allocator, dtypes, frameworks,
+    PyTorch's device and the JAX runners (``args`` is updated); (bench, machine info)."""
+    if args.quick:
+        args.eval_batches, args.train_batches = args.eval_batches[:1], args.train_batches[:1]
+        args.reps, args.min_time = 3, 1.0
+    timing = {"reps": args.reps, "min_time": args.min_time, "max_time": args.max_time}
+    plain_env = _plain_env()
     info = machine()
     if args.allocator == "auto":
         args.allocator = "both" if info["jax_backend"] == "cpu" else "default"
-    tuned = tuned_env(plain_env)
-    envs = {"default": plain_env, "tuned": tuned}
-    first_allocator = "tuned" if args.allocator == "tuned" else "default"
+    envs = {"default": plain_env, "tuned": tuned_env(plain_env)}
     print(f"machine: {info.get('cpu')}, {info['cpus']} CPUs, jax {info['jax']} "
           f"({info['jax_backend']}: {', '.join(info['jax_devices'])}), torch {info['torch']}")
     if info["jax_backend"] == "cpu":
         print("no GPU visible to JAX: GPU figures are not measured in this run")
     if args.dtypes is None:
         args.dtypes = ["float32"] if info["jax_backend"] == "cpu" else ["float32", "bfloat16"]
+    _check_frameworks(parser, args, info)
+    torch_device = _torch_device(args, info)
+    torch_dtypes = args.dtypes if torch_device == "cuda" else ["float32"]
+    runners = _jax_runners(parser, args, info)
+    return Bench(args, timing, envs, torch_device, torch_dtypes, runners), info
+
+
+def _check_frameworks(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      info: dict[str, Any]) -> None:
+    """Refuse unknown ``--frameworks``; drop (and say so) those not installed."""
     if not set(args.frameworks) <= {"jax", "torch", "onnxruntime"}:
         parser.error(f"--frameworks takes jax, torch and onnxruntime, got {args.frameworks}")
     if "onnxruntime" in args.frameworks and not onnxruntime_available():
@@ -507,143 +631,147 @@ def main(argv: list[str] | None = None) -> None:
     if info["torch"] is None and "torch" in args.frameworks:
         args.frameworks = [f for f in args.frameworks if f != "torch"]
         print("torch is not installed: JAX only")
+
+
+def _torch_device(args: argparse.Namespace, info: dict[str, Any]) -> str:
+    """'cuda' or 'cpu' for PyTorch (``--torch-device auto``: CUDA beside JAX on a GPU)."""
     torch_device = args.torch_device
     if torch_device == "auto":
         on_gpu = info["jax_backend"] == "gpu" and info.get("torch_cuda")
         torch_device = "cuda" if on_gpu else "cpu"
     if torch_device == "cpu" and info["jax_backend"] != "cpu" and "torch" in args.frameworks:
         print("note: PyTorch runs on the CPU and JAX on the GPU; speedups compare unlike devices")
-    torch_dtypes = args.dtypes if torch_device == "cuda" else ["float32"]
+    return torch_device
+
+
+def _jax_runners(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 info: dict[str, Any]) -> list[str]:
+    """``--jax-runners``, by default all three on the CPU and no 'concurrent' elsewhere."""
     runners = args.jax_runners
     if runners is None:
         runners = ["jit", "jit+options", "concurrent"] if info["jax_backend"] == "cpu" \
             else ["jit", "jit+options"]
     if not runners or not set(runners) <= {"jit", "jit+options", "concurrent"}:
         parser.error(f"--jax-runners takes 'jit', 'jit+options' and 'concurrent', got {runners}")
-    # opt-in rows (other runners, the tuned allocator) only at the first two eval batches
-    opt_in_batches = args.eval_batches[:2]
+    return runners
 
-    results: list[dict[str, Any]] = []
 
-    def run(config: dict[str, Any]) -> dict[str, Any]:
-        allocator = config["allocator"]
-        print(f"  {config['mode']:5s} batch {config['batch']:2d} {_label(config):30s} ...",
-              end=" ", flush=True)
-        plan = None
-        if config["framework"] == "jax" and config["mode"] == "train" and \
-                config["remat"] == "auto":
-            # choose in a process of its own, with the default allocator, so the measured
-            # process compiles one step and its heap holds nothing of the others
-            plan = run_config(config, weights, plain_env, timing, args.timeout, plan=True)
-            if "error" in plan:
-                results.append(plan)
-                print(f"choosing remat: {plan['error']}")
-                return plan
-            plan = plan["remat_plan"]
-            config = {**config, "remat": plan["choice"]}
-        r = run_config(config, weights, envs[allocator], timing, args.timeout)
-        if plan is not None:
-            r["remat_plan"] = plan
-        if "killed" in r.get("error", "") and allocator == "tuned" and args.allocator == "tuned":
-            # glibc holding freed memory can push a run that fits over the edge: retry once
-            # with the default allocator, and say so in the result
-            print("killed; again with the default allocator ...", end=" ", flush=True)
-            r = {**run_config(config, weights, plain_env, timing, args.timeout),
-                 "allocator": "default",
-                 "allocator_note": "default (the tuned one ran out of memory)"}
-        results.append(r)
-        if "error" in r:
-            print(r["error"])
-        else:
-            extra = f", compile {r['compile_s']:.1f} s" if "compile_s" in r else ""
-            device = (f", device peak {r['device_peak_bytes'] / 2**30:.2f} GB"
-                      if "device_peak_bytes" in r else "")
-            print(f"{r['clips_per_s']:.2f} clips/s (median {r['clips_per_s_median']:.2f}), "
-                  f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GB{device}{extra}, "
-                  f"other load <= {r['other_load_max']}")
-        return r
+def export_onnx(bench: Bench) -> dict[str, Any] | None:
+    """Export the JAX model to ONNX once (onnxruntime rows only); its result. A failed
+    export is recorded as a failed eval and drops onnxruntime from the frameworks."""
+    args = bench.args
+    if "onnxruntime" not in args.frameworks or not args.eval_batches:
+        return None
+    print("  onnx  export of the JAX model (epam_jax.export.onnx_model) ...", end=" ",
+          flush=True)
+    onnx_export = bench.run({"framework": "onnxruntime", "mode": "export", "batch": 1},
+                            bench.envs["default"])
+    if "error" in onnx_export:
+        print(onnx_export["error"])
+        bench.results.append({**onnx_export, "mode": "eval"})
+        args.frameworks = [f for f in args.frameworks if f != "onnxruntime"]
+    else:
+        print(f"{onnx_export['export_s']:.1f} s, {onnx_export['bytes'] / 2**20:.1f} MiB")
+    return onnx_export
 
-    def jax_config(mode: str, batch: int, dtype: str, runner: str, allocator: str) -> dict:
-        return {"framework": "jax", "mode": mode, "batch": batch, "dtype": dtype,
-                "remat": args.remat, "runner": runner, "tuning_choice": args.tuning,
-                "allocator": allocator}
 
-    def torch_config(mode: str, batch: int, dtype: str, threads: int, allocator: str) -> dict:
-        return {"framework": "torch", "mode": mode, "batch": batch, "dtype": dtype,
-                "threads": threads, "device": torch_device, "allocator": allocator}
+def _torch_threads(bench: Bench) -> tuple[list[int], bool]:
+    """PyTorch's thread counts to run, and whether to keep the fastest after the first
+    batch (``--torch-threads auto``). On CUDA: PyTorch's own count (the GPU works)."""
+    if bench.torch_device == "cuda":
+        return [0], False
+    if bench.args.torch_threads == "auto":
+        return ([1, 2] if (os.cpu_count() or 1) > 1 else [1]), True
+    return _csv(int)(bench.args.torch_threads), False
 
-    onnx_export: dict[str, Any] | None = None
-    with tempfile.TemporaryDirectory(prefix="epam_bench_") as weights:
-        source = prepare_weights(weights, args.seed)
-        print(f"weights: {source}; allocator: {args.allocator}")
-        if "onnxruntime" in args.frameworks and args.eval_batches:
-            print("  onnx  export of the JAX model (epam_jax.export.onnx_model) ...", end=" ",
-                  flush=True)
-            onnx_export = run_config({"framework": "onnxruntime", "mode": "export", "batch": 1},
-                                     weights, plain_env, timing, args.timeout)
-            if "error" in onnx_export:
-                print(onnx_export["error"])
-                results.append({**onnx_export, "mode": "eval"})
-                args.frameworks = [f for f in args.frameworks if f != "onnxruntime"]
+
+def measure_all(bench: Bench) -> list[int]:
+    """Every eval, then every train batch, with the main pass's allocator; returns the
+    PyTorch thread counts left for the opt-in rows."""
+    torch_threads, auto = _torch_threads(bench)
+    for mode, batches in (("eval", bench.args.eval_batches),
+                          ("train", bench.args.train_batches)):
+        for batch in batches:
+            torch_threads = _measure_batch(bench, mode, batch, torch_threads, auto)
+    return torch_threads
+
+
+def _measure_batch(bench: Bench, mode: str, batch: int, torch_threads: list[int],
+                   auto: bool) -> list[int]:
+    """JAX (each dtype and runner), PyTorch (each dtype and thread count) and, in eval,
+    onnxruntime at one batch; returns the thread counts for the next batches."""
+    args, allocator = bench.args, bench.first_allocator
+    if "jax" in args.frameworks:
+        for dtype in args.dtypes:
+            if mode == "train":
+                chosen = ["jit+options"]
             else:
-                print(f"{onnx_export['export_s']:.1f} s, {onnx_export['bytes'] / 2**20:.1f} MiB")
-        if torch_device == "cuda":  # PyTorch's own thread count: the GPU does the work
-            torch_threads, auto = [0], False
-        elif args.torch_threads == "auto":
-            torch_threads = [1, 2] if (os.cpu_count() or 1) > 1 else [1]
-            auto = True
-        else:
-            torch_threads, auto = _csv(int)(args.torch_threads), False
-        for mode, batches in (("eval", args.eval_batches), ("train", args.train_batches)):
-            for batch in batches:
-                if "jax" in args.frameworks:
-                    for dtype in args.dtypes:
-                        if mode == "train":
-                            chosen = ["jit+options"]
-                        else:
-                            chosen = runners if batch in opt_in_batches else runners[:1]
-                        for runner in chosen:
-                            run(jax_config(mode, batch, dtype, runner, first_allocator))
-                if "torch" in args.frameworks:
-                    for dtype in torch_dtypes:
-                        for threads in torch_threads:
-                            run(torch_config(mode, batch, dtype, threads, first_allocator))
-                if "onnxruntime" in args.frameworks and mode == "eval":
-                    run({"framework": "onnxruntime", "mode": "eval", "batch": batch,
-                         "dtype": "float32", "threads": args.ort_threads, "device": "cpu",
-                         "allocator": first_allocator})
-                    if auto and len(torch_threads) > 1:
-                        tried = [r for r in results[-len(torch_threads):] if "error" not in r]
-                        if tried:
-                            best = max(tried, key=lambda r: r["clips_per_s"])
-                            torch_threads = [best["threads"]]
-                            print(f"  torch: using {best['threads']} thread(s) from here on")
-        if args.allocator == "both" and opt_in_batches:
-            print("  opt-in: the tuned allocator (TUNED_MALLOC) for the fastest JAX eval runner "
-                  "and PyTorch")
-            for batch in opt_in_batches:
-                for dtype in args.dtypes:
-                    if "jax" in args.frameworks:
-                        done = [r for r in results if r["framework"] == "jax"
-                                and r["mode"] == "eval" and r["batch"] == batch
-                                and r["dtype"] == dtype and "error" not in r]
-                        if done:
-                            best = max(done, key=lambda r: r["clips_per_s"])
-                            run(jax_config("eval", batch, dtype, best["runner"], "tuned"))
-                    if "torch" in args.frameworks and dtype in torch_dtypes:
-                        for threads in torch_threads:
-                            run(torch_config("eval", batch, dtype, threads, "tuned"))
+                chosen = bench.runners if batch in bench.opt_in_batches else bench.runners[:1]
+            for runner in chosen:
+                bench.measure(bench.jax_config(mode, batch, dtype, runner, allocator))
+    if "torch" in args.frameworks:
+        for dtype in bench.torch_dtypes:
+            for threads in torch_threads:
+                bench.measure(bench.torch_config(mode, batch, dtype, threads, allocator))
+    if "onnxruntime" in args.frameworks and mode == "eval":
+        bench.measure({"framework": "onnxruntime", "mode": "eval", "batch": batch,
+                       "dtype": "float32", "threads": args.ort_threads, "device": "cpu",
+                       "allocator": allocator})
+        if auto and len(torch_threads) > 1:
+            torch_threads = _fastest_threads(bench.results, torch_threads)
+    return torch_threads
 
-    table, rows = summarize(results, args.dtypes)
+
+def _fastest_threads(results: list[dict[str, Any]], torch_threads: list[int]) -> list[int]:
+    """The thread count of the fastest of the last ``len(torch_threads)`` results."""
+    tried = [r for r in results[-len(torch_threads):] if "error" not in r]
+    if not tried:
+        return torch_threads
+    best = max(tried, key=lambda r: r["clips_per_s"])
+    print(f"  torch: using {best['threads']} thread(s) from here on")
+    return [best["threads"]]
+
+
+def measure_tuned_allocator(bench: Bench, torch_threads: list[int]) -> None:
+    """With ``--allocator both``: the fastest JAX eval runner and PyTorch again under the
+    tuned allocator at the opt-in batches."""
+    args = bench.args
+    if args.allocator != "both" or not bench.opt_in_batches:
+        return
+    print("  opt-in: the tuned allocator (TUNED_MALLOC) for the fastest JAX eval runner "
+          "and PyTorch")
+    for batch in bench.opt_in_batches:
+        for dtype in args.dtypes:
+            if "jax" in args.frameworks:
+                done = [r for r in bench.results if r["framework"] == "jax"
+                        and r["mode"] == "eval" and r["batch"] == batch
+                        and r["dtype"] == dtype and "error" not in r]
+                if done:
+                    best = max(done, key=lambda r: r["clips_per_s"])
+                    bench.measure(bench.jax_config("eval", batch, dtype, best["runner"],
+                                                   "tuned"))
+            if "torch" in args.frameworks and dtype in bench.torch_dtypes:
+                for threads in torch_threads:
+                    bench.measure(bench.torch_config("eval", batch, dtype, threads, "tuned"))
+
+
+def print_comparison(bench: Bench, info: dict[str, Any]) -> float | None:
+    """The side-by-side table and the JAX/PyTorch logits agreement (returned)."""
+    table, _ = summarize(bench.results, bench.args.dtypes)
     print()
     print("Throughput in clips/s (best of the repetitions); speedup = JAX / best PyTorch in "
-          f"the same dtype and allocator; PyTorch on {torch_device}; GB: "
+          f"the same dtype and allocator; PyTorch on {bench.torch_device}; GB: "
           + ("device peak" if info["jax_backend"] != "cpu" else "peak RSS"))
     print(table)
-    agreement = output_agreement(results)
+    agreement = output_agreement(bench.results)
     if agreement is not None:
         print(f"eval logits, JAX fp32 vs PyTorch on the same clips: max relative difference "
               f"{agreement:.1e}")
+    return agreement
+
+
+def print_onnxruntime(results: list[dict[str, Any]]) -> float | None:
+    """onnxruntime's table and its logits agreement with JAX (returned), where it ran."""
     ort_table = onnxruntime_table(results)
     ort_agreement = onnxruntime_agreement(results)
     if ort_table is not None:
@@ -654,40 +782,65 @@ def main(argv: list[str] | None = None) -> None:
     if ort_agreement is not None:
         print(f"eval logits, onnxruntime vs JAX fp32 on the same clips: max relative "
               f"difference {ort_agreement:.1e}")
+    return ort_agreement
+
+
+def flops_section() -> dict[str, Any]:
+    """Print parameters and FLOPs per stream; their report entry."""
+    from benchmarks import flops
+
+    counted, xla = flops.count(), flops.xla_cost()
+    print()
+    print("Parameters and FLOPs per clip, counted from the model (FLOP = 2 MAC):")
+    print(flops.table(counted, xla))
+    return {"counted": counted, "xla_gflops": xla, "claims": flops.CLAIMS}
+
+
+def heatmaps_section() -> dict[str, Any] | None:
+    """Run and print the heatmap benchmark; its report entry, None where unavailable."""
+    try:
+        from benchmarks import heatmaps
+    except ImportError as exc:
+        print(f"\nheatmap benchmark unavailable: {exc}")
+        return None
+    hm = heatmaps.run()
+    print()
+    print(f"Heatmaps (batch {hm['batch']}, {hm['persons']} persons, {hm['frames']} "
+          f"frames): numpy {hm['numpy_clips_per_s']:.1f} clips/s, JAX "
+          f"{hm['jax_clips_per_s']:.1f} clips/s on {hm['device']}, "
+          f"max |diff| {hm['max_abs_diff']:.1e}")
+    return hm
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure every configuration, print the tables and write ``--json``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    bench, info = setup(parser, args)
+    with tempfile.TemporaryDirectory(prefix="epam_bench_") as weights:
+        bench.weights = weights
+        source = prepare_weights(weights, args.seed)
+        print(f"weights: {source}; allocator: {args.allocator}")
+        onnx_export = export_onnx(bench)
+        torch_threads = measure_all(bench)
+        measure_tuned_allocator(bench, torch_threads)
+    agreement = print_comparison(bench, info)
+    ort_agreement = print_onnxruntime(bench.results)
+    tuned = bench.envs["tuned"]
     report: dict[str, Any] = {
         "machine": info,
         "settings": {**vars(args), "weights": source,
                      "allocator_env": {k: tuned[k] for k in (*TUNED_MALLOC, "GLIBC_TUNABLES")
                                        if tuned.get(k) != os.environ.get(k)}},
-        "results": results,
+        "results": bench.results,
         "logits_max_rel_diff": agreement,
         "onnx_export": onnx_export,
         "onnxruntime_logits_max_rel_diff": ort_agreement,
     }
-
     if not args.no_flops:
-        from benchmarks import flops
-
-        counted, xla = flops.count(), flops.xla_cost()
-        print()
-        print("Parameters and FLOPs per clip, counted from the model (FLOP = 2 MAC):")
-        print(flops.table(counted, xla))
-        report["flops"] = {"counted": counted, "xla_gflops": xla, "claims": flops.CLAIMS}
-
-    if not args.no_heatmaps:
-        try:
-            from benchmarks import heatmaps
-        except ImportError as exc:
-            print(f"\nheatmap benchmark unavailable: {exc}")
-        else:
-            hm = heatmaps.run()
-            report["heatmaps"] = hm
-            print()
-            print(f"Heatmaps (batch {hm['batch']}, {hm['persons']} persons, {hm['frames']} "
-                  f"frames): numpy {hm['numpy_clips_per_s']:.1f} clips/s, JAX "
-                  f"{hm['jax_clips_per_s']:.1f} clips/s on {hm['device']}, "
-                  f"max |diff| {hm['max_abs_diff']:.1e}")
-
+        report["flops"] = flops_section()
+    if not args.no_heatmaps and (hm := heatmaps_section()) is not None:
+        report["heatmaps"] = hm
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2, default=str)

@@ -9,10 +9,9 @@ the other leaves; the attention, fusion and heads follow in a third small
 program. Outputs equal ``jax.jit(model.apply)(variables, rgb, pose)`` (same
 operations, same order within each stream).
 
-On a 2-core CPU (same-process A/B, best of 20-25 calls): batch 1 174-178 ->
-162-169 ms a clip, batch 4 175 -> 166 ms; ``benchmarks.run``: 2.15x PyTorch at
-batch 1 where the jitted apply gave 2.10x. Meant for CPUs: on a GPU one program
-already keeps the device busy, and the batch is better split over devices.
+Measured faster than the jitted apply on a 2-core CPU, at batch 1 and 4 (figures
+in docs/performance.md). Meant for CPUs: on a GPU one program already keeps the
+device busy, and the batch is better split over devices.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ _BACKBONES = ("rgb_backbone", "pose_backbone")
 def _split(variables: Any) -> tuple[dict, dict, dict]:
     """Each program's share of the variables: the RGB stream's, the pose stream's, the rest.
 
-    Each jitted call flattens only the leaves it uses (the whole tree, three
-    times a clip, cost ~3 ms of Python at batch 1).
+    Each jitted call flattens only the leaves it uses (flattening the whole tree
+    three times a clip costs measurable Python time, see docs/performance.md).
     """
     try:
         rgb = {c: {"rgb_backbone": t["rgb_backbone"]} for c, t in variables.items()}

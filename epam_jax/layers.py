@@ -64,8 +64,8 @@ def materialize(x: Any, barrier: bool) -> Any:
     XLA:CPU otherwise fuses a residual block's output (add + ReLU) into every
     consumer, so each later block of a stage recomputes the chain of residual
     sums before it. Effective only when the function is jitted with
-    ``epam_jax.xla_options.compiler_options()`` (eval at batch 1: 290 -> 227 ms on
-    a 2-core CPU); without them XLA removes the barrier (``Tuning.barriers``).
+    ``epam_jax.xla_options.compiler_options()`` (measured faster in eval on CPU, see
+    docs/performance.md); without them XLA removes the barrier (``Tuning.barriers``).
     """
     return lax.optimization_barrier(x) if barrier else x
 
@@ -136,8 +136,8 @@ def batch_norm_train(
     input gradient, run over every replica. The backward pass keeps only ``x``
     and recomputes the normalised values and the ReLU mask from it inside its
     two passes (the reductions, then ``dx``),
-    where autodiff writes and rereads several full-size intermediates (train
-    step at batch 2 on a 2-core CPU, with ``swish`` below: 2.90-2.94 -> 2.24-2.45 s).
+    where autodiff writes and rereads several full-size intermediates (with
+    ``swish`` below, a measurably faster train step on CPU: docs/performance.md).
     """
     return _batch_norm(x, scale, bias, epsilon, relu, dtype, axis_name)
 
@@ -195,9 +195,9 @@ def swish(x: Array, custom_gradient: bool = True) -> Array:
     """``x * sigmoid(x)``, written ``x / (1 + exp(-x))``.
 
     One division where ``x * sigmoid(x)`` costs a division and a product (same
-    rounding to within an ulp; eval at batch 1 on a 2-core CPU, where the swish
-    of every block costs ~8% of the time: ~1% faster). With ``custom_gradient``
-    the backward pass keeps only ``x`` and recomputes the sigmoid.
+    rounding to within an ulp; slightly faster in eval on CPU, see
+    docs/performance.md). With ``custom_gradient`` the backward pass keeps only
+    ``x`` and recomputes the sigmoid.
     """
     return _swish_custom(x) if custom_gradient else _swish(x)
 
@@ -315,9 +315,8 @@ def _depthwise_kernel_grad(
     """(kh * kw, C) sums of tap view * g over every position, in float32 or wider.
 
     The sums run over chunks of frames of at most ``chunk_bytes`` (0: all at
-    once), so the nine taps of a chunk are read from cache (train step at batch
-    2 on a 2-core CPU: 3.05-3.35 s with whole-tensor reductions, 2.70-3.13 s
-    with 4 MB chunks).
+    once), so the nine taps of a chunk are read from cache (a faster train step
+    on CPU than whole-tensor reductions, see docs/performance.md).
     """
     ho, wo = g.shape[2], g.shape[3]
     acc_dtype = stats_dtype(g)
@@ -383,8 +382,9 @@ def depthwise_conv(x: Array, kernel: Array, stride: int = 1, *, tuning: Tuning =
     """(1, k, k) depthwise convolution, padding k // 2; ``kernel`` is (1, kh, kw, 1, C).
 
     'matmul': shifted multiply-adds, each tap a strided view of the padded
-    input scaled per channel, fused by XLA into one loop (on XLA:CPU 4-50x
-    faster than a grouped convolution). 'xla': a grouped convolution.
+    input scaled per channel, fused by XLA into one loop (on XLA:CPU far
+    faster than a grouped convolution, see docs/performance.md). 'xla': a
+    grouped convolution.
     """
     _, kh, kw, _, c = kernel.shape
     if tuning.convolutions == "xla":
@@ -426,12 +426,13 @@ def spatial_conv(x: Array, kernel: Array, stride: int = 1, *, tuning: Tuning = D
     """Dense (1, kh, kw) convolution with padding k // 2, frames folded into the batch.
 
     'matmul' writes it as matrix products (the stems have only 3 or 17 input
-    channels, where XLA:CPU's convolution runs at a few GFLOP/s). With stride 1
+    channels, where XLA:CPU's convolution is slow). With stride 1
     the ``kw`` taps along the width are concatenated on the channel axis
     (K = kw * cin), one product against all kernel rows at once covers every
-    padded row, and the kh row-shifted slices of its output are summed (1.3x
-    faster than XLA's convolution for the pose stem). Strided convolutions go
-    through space-to-depth (``_strided_conv``). 'xla': the compiler's convolution.
+    padded row, and the kh row-shifted slices of its output are summed (faster
+    than XLA's convolution for the pose stem, see docs/performance.md). Strided
+    convolutions go through space-to-depth (``_strided_conv``). 'xla': the
+    compiler's convolution.
     """
     if tuning.convolutions == "xla":
         return _xla_conv(x, kernel, stride)

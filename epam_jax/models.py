@@ -46,7 +46,7 @@ class I3DHead(nn.Module):
 
 
 # The stages with the largest activations: recomputing just these two cuts the
-# train step's buffers by 36% (4.88 -> 3.12 GB at batch 2) for a few percent of time.
+# train step's buffers by about a third for a few percent of time (docs/performance.md).
 REMAT_FIRST_STAGES = ("rgb_backbone/layer1", "pose_backbone/layer1")
 REMAT_SETTINGS = ("none", "first", "all")
 

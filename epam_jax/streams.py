@@ -169,9 +169,8 @@ class X3DStage(nn.Module):
     - ``eval_channel_multiple``: in eval the bottleneck's channels are padded
       with zeros to a multiple of it (54 -> 56, 108 -> 112): XLA:CPU's fused
       elementwise loops slow down on a channel axis that is not a whole number
-      of vectors (eval at batch 1 on a 2-core CPU: 185 -> 170-175 ms). The
-      outputs are unchanged; training gained nothing (2.05 vs 2.04 s a step at
-      batch 2) and runs unpadded.
+      of vectors (measured faster in eval on CPU, see docs/performance.md). The
+      outputs are unchanged; training gained nothing from it and runs unpadded.
     """
 
     num_blocks: int

@@ -29,15 +29,15 @@ class Tuning:
 
     convolutions: 'matmul' writes every convolution as matrix products and
         shifted multiply-adds (XLA:CPU runs its own grouped and 3-channel
-        convolutions at a few GFLOP/s); 'xla' uses ``lax.conv_general_dilated``
+        convolutions slowly); 'xla' uses ``lax.conv_general_dilated``
         (cuDNN on GPU), with 1x1x1 stride-1 convolutions as matrix products.
     scan_blocks: the identical blocks of each stage (all but its first, in
         pairs, since every other block has squeeze-excitation) run as one
         ``lax.scan``. The loop's carry is a buffer by construction, so no block
         recomputes the residual sums before it; and each block is compiled once
-        (the full model compiles ~2x faster). In eval the loop reads
-        convolution weights with BatchNorm folded in and padding applied,
-        prepared before it for all blocks at once.
+        (the full model compiles faster, see docs/performance.md). In eval the
+        loop reads convolution weights with BatchNorm folded in and padding
+        applied, prepared before it for all blocks at once.
     custom_gradients: hand-written backward passes for BatchNorm, swish and the
         convolutions that keep fewer full-size intermediates (faster on CPU);
         off, plain autodiff of the same forward pass.
@@ -54,7 +54,7 @@ class Tuning:
     eval_chunk: clips per step of the eval loop over a batch (``nn.scan``);
         0 runs the whole batch at once. Eval statistics are per clip, so the
         numbers do not depend on it. On CPU one clip at a time keeps a clip's
-        activations in cache (batch 4 on a 2-core CPU: 2.67 -> 1.98 s).
+        activations in cache (measured faster, see docs/performance.md).
 
     The defaults are the CPU's tuning; ``for_platform``/``for_devices`` give
     each platform's.

@@ -4,9 +4,9 @@
 cannot merge the recomputation back into the forward pass. XLA:CPU removes
 those barriers early in its pipeline (the ``cse_barrier_expander`` pass), after
 which common-subexpression elimination undoes the rematerialisation: measured
-on the pose stream's training step at batch 2, the buffers stay at 3.57 GB with
-or without ``remat``. Keeping the pass out restores it (1.65 GB) and leaves the
-numbers unchanged. Other backends keep the barriers. The models' default
+on the pose stream's training step, the buffers stay the same with or without
+``remat``. Keeping the pass out restores its saving (docs/performance.md) and leaves
+the numbers unchanged. Other backends keep the barriers. The models' default
 formulation needs no options in eval (``epam_jax.Tuning``: the stages' blocks
 run as a loop); the unrolled one with ``barriers=True`` keeps each residual
 block's output one buffer only under these options.
@@ -16,7 +16,7 @@ forward when it tiles a matrix product fused with its neighbours for Triton
 (``triton_tiling_propagation.cc: Check failed: subdim_size_accumulator ==
 dim_size (784 vs. 56)``); every layer compiles alone. The products then go to
 cuBLAS instead (``xla_gpu_enable_triton_gemm=False``), where bfloat16 eval runs
-at 1330 clips/s at batch 64. Outside ``jit(compiler_options=...)`` the same flag
+fast (docs/performance.md). Outside ``jit(compiler_options=...)`` the same flag
 can be set for a whole process: ``XLA_FLAGS=--xla_gpu_enable_triton_gemm=false``.
 
 Pass the options to ``jax.jit(fn, compiler_options=compiler_options())``.

@@ -12,12 +12,13 @@ frame by frame; timestamps that contradict themselves later make the video be de
 again from frame 0, counting. Either way the pixels equal those of a plain decode loop
 from frame 0.
 
-The decoder runs on one thread: on a 224x224 clip its frame threads cost 70% more CPU
+The decoder runs on one thread: on a 224x224 clip its frame threads cost much more CPU
 time and slice threads only their start-up (clips per CPU-second, measured with
-``python -m benchmarks.loader``). A file that cannot be opened, fails while decoding
-(an error, or a frame the decoder flags corrupt), or ends well before the frame count
-its header states raises ValueError naming it. H.264 has no checksums: damaged bytes
-that still parse decode to wrong pixels without any error, and pass unnoticed.
+``python -m benchmarks.loader``; figures in docs/performance.md). A file that cannot be
+opened, fails while decoding (an error, or a frame the decoder flags corrupt), or ends
+well before the frame count its header states raises ValueError naming it. H.264 has no
+checksums: damaged bytes that still parse decode to wrong pixels without any error, and
+pass unnoticed.
 
 Whole videos (poses of every frame, the stream of a file) are read with
 ``iter_video_frames`` and checked before the slow work with ``probe_video`` (one demux
@@ -337,7 +338,7 @@ _LOCAL = threading.local()
 def _reformatter() -> VideoReformatter:
     """This thread's RGB converter. It keeps its swscale context from frame to frame and
     clip to clip (same sizes and format: same pixels); a fresh one per frame, as
-    ``frame.reformat`` makes, costs 0.1 ms at 224x224 and 0.5 ms from 1080p."""
+    ``frame.reformat`` makes, costs measurable time per frame (docs/performance.md)."""
     reformatter = getattr(_LOCAL, "reformatter", None)
     if reformatter is None:
         reformatter = _LOCAL.reformatter = VideoReformatter()

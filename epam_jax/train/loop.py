@@ -7,6 +7,7 @@ or final variables, ``epam_jax.checkpoints.save_variables``), ``metrics.jsonl``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -289,18 +290,175 @@ def lock_workdir(workdir: Path) -> WorkdirLock:
 
 def _train(config: Any, workdir: Path, dp: DataParallel, local_batch: int,
            local_eval_batch: int) -> dict[str, Any]:
-    primary = jax.process_index() == 0
-    m = config.model
-    model = training_model(config.mode, config.data.num_classes,
-                           dropout_ratio=m.dropout_ratio, attention_type=m.attention_type,
-                           freeze_rgb=m.freeze_rgb, freeze_pose=m.freeze_pose, remat=m.remat,
-                           dtype=m.dtype, bn_axis_name=dp.bn_axis_name, tuning=dp.tuning)
+    """Set the run up, train it to the last step or a preemption, then export."""
+    run, state, start = _setup(config, workdir, dp, local_batch, local_eval_batch)
+    # SIGTERM: finish the step, all processes save the same one, exit 0 (resumable).
+    preemption = Preemption(start_step=start).install()
+    try:
+        state, val_metrics, stopped_at = _train_steps(run, state, start, preemption)
+    finally:  # after an exception the watchdog stays armed: this wait is bounded too
+        preemption.restore()
+        run.log.close()
+        run.ckpts.wait()
+    if stopped_at is not None:
+        run.ckpts.close()
+        message = preemption.message(run.ckpts.directory)
+        return {"preempted": True, "step": stopped_at, "message": message}
+    return _finish(run, state, val_metrics, workdir)
+
+
+def _check_finite(fetched: list[tuple[int, Any]], ckpts: Checkpoints) -> None:
+    """NonFiniteLossError at the first fetched step whose loss or gradient norm is not
+    finite, naming the last good checkpoint (once the saves in flight are done)."""
+    for s, mt in fetched:
+        if not (math.isfinite(float(mt["loss_sum"]))
+                and math.isfinite(float(mt["grad_norm_sum"]))):
+            ckpts.wait()
+            last = ckpts.latest_step()
+            where = (f"the last good checkpoint is step {last} in {ckpts.directory}"
+                     if last is not None else "no checkpoint was saved before it")
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(mt['loss_sum'])}) or gradient norm at step "
+                f"{s}; stopping (try a lower --config.optimizer.lr); {where}")
+
+
+class TrainLog:
+    """The log window: the training metrics since the last 'train' row.
+
+    ``add`` keeps each step's metrics on the device; ``flush(step)`` fetches them, stops
+    on a non-finite loss, writes one 'train' row (means, accuracy, learning rate, clips/s,
+    input-wait share) and starts the next window. Owns the MetricWriter, the progress bar
+    and the InputWait (``wait.next`` takes the next batch).
+    """
+
+    def __init__(self, config: Any, workdir: Path, start: int, total_steps: int,
+                 schedule: Any, fetch: Any, ckpts: Checkpoints) -> None:
+        self.primary = jax.process_index() == 0
+        self.wait = InputWait(config.input_wait_warning)
+        self.writer = MetricWriter(workdir, self.primary, start_step=start)
+        self.bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
+                        disable=not (self.primary and config.progress_bar))
+        self.schedule, self.fetch, self.ckpts = schedule, fetch, ckpts
+        self.batch_size = config.batch_size
+        self.pending: list[tuple[int, Any]] = []
+        self.start_window()
+
+    def start_window(self) -> None:
+        """Start a new window: its clips/s count from now."""
+        self.window_start, self.window_clips = time.perf_counter(), 0
+
+    def add(self, step: int, metrics: Any) -> None:
+        """Keep ``step``'s metrics for the next flush and advance the bar."""
+        self.pending.append((step, metrics))
+        self.window_clips += self.batch_size
+        self.bar.update(1)
+
+    def flush(self, step: int) -> None:
+        """Write the window's 'train' row at ``step`` (nothing when it is empty); raises
+        NonFiniteLossError before a non-finite state can be saved."""
+        if not self.pending:
+            return
+        fetched = [(s, self.fetch(mt)) for s, mt in self.pending]
+        self.pending.clear()
+        _check_finite(fetched, self.ckpts)
+        summary = self._summary(step, fetched)
+        self.writer.write(step, "train", summary)
+        self.bar.set_postfix(loss=f"{summary['loss']:.3f}", acc=f"{summary['accuracy']:.1f}",
+                             clips_s=f"{summary['clips_per_second']:.1f}",
+                             wait=f"{100 * summary['input_wait']:.0f}%", refresh=False)
+        message = self.wait.warning(summary["input_wait"])
+        if message and self.primary:
+            logging.warning(message)
+            self.bar.write(f"warning: {message}", file=sys.stderr)
+        self.start_window()
+
+    def _summary(self, step: int, fetched: list[tuple[int, Any]]) -> dict[str, float]:
+        """The 'train' row of the fetched steps, ending at ``step``."""
+        elapsed = time.perf_counter() - self.window_start
+        count = sum(int(mt["count"]) for _, mt in fetched)
+        return {
+            "loss": float(np.mean([mt["loss_sum"] for _, mt in fetched])),
+            "accuracy": 100.0 * sum(int(mt["correct"]) for _, mt in fetched) / max(count, 1),
+            "grad_norm": float(np.mean([mt["grad_norm_sum"] for _, mt in fetched])),
+            "learning_rate": float(self.schedule(step - 1)),
+            "clips_per_second": self.window_clips / max(elapsed, 1e-9),
+            "input_wait": self.wait.share(),
+        }
+
+    def write_val(self, step: int, metrics: Mapping[str, float]) -> None:
+        """The 'val' row at ``step`` and its line above the bar."""
+        self.writer.write(step, "val", metrics)
+        self.bar.write(f"step {step}: " + _format_metrics(metrics))
+
+    def restart(self) -> None:
+        """Start a new window without a row: evaluation and save time are not clips/s."""
+        self.window_start = time.perf_counter()
+        self.wait.restart()
+
+    def close(self) -> None:
+        """Close the progress bar and the metric files."""
+        self.bar.close()
+        self.writer.close()
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the training steps work with, built once by ``_setup``."""
+
+    config: Any
+    dp: DataParallel
+    ckpts: Checkpoints
+    train_iter: Any
+    val_loader: Any
+    train_fn: Any
+    eval_fn: Any
+    log: TrainLog
+    total_steps: int
+    eval_every: int
+    ckpt_every: int
+
+
+def _setup(config: Any, workdir: Path, dp: DataParallel, local_batch: int,
+           local_eval_batch: int) -> tuple[_Run, Any, int]:
+    """The model, loaders, train state (resumed when asked), step functions and log;
+    returns (run, the state on the devices, the step the run starts after)."""
+    model = _build_model(config, dp)
     train_loader, val_loader = make_loaders(config, local_batch, local_eval_batch)
     total_steps, eval_every, ckpt_every = _steps(config, len(train_loader))
-
     o = config.optimizer
     peak_lr = peak_learning_rate(o.lr, o.base_lr, o.base_batch_size, config.batch_size)
     schedule = make_schedule(peak_lr, total_steps, o.warmup_steps)
+    state = _initial_state(config, model, schedule, dp)
+    ckpts = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
+                        keep_best=config.keep_best_checkpoints,
+                        best_metric=config.best_metric)
+    train_iter = iter(train_loader)
+    state, start = _resume(config, ckpts, state, train_iter)
+    inputs = DeviceInputs.of(clip_config(config))
+    train_fn = dp.train_step(mode=config.mode, label_smoothing=o.label_smoothing,
+                             inputs=inputs)
+    eval_fn = dp.eval_step(mode=config.mode, inputs=inputs)
+    log = TrainLog(config, workdir, start, total_steps, schedule, dp.fetch, ckpts)
+    state = dp.put_state(state)
+    log.start_window()  # the first window's clips/s start after the state's transfer
+    run = _Run(config, dp, ckpts, train_iter, val_loader, train_fn, eval_fn, log,
+               total_steps, eval_every, ckpt_every)
+    return run, state, start
+
+
+def _build_model(config: Any, dp: DataParallel) -> Any:
+    """``config.mode``'s model with ``config.model``'s options, batch norm over ``dp``."""
+    m = config.model
+    return training_model(config.mode, config.data.num_classes,
+                          dropout_ratio=m.dropout_ratio, attention_type=m.attention_type,
+                          freeze_rgb=m.freeze_rgb, freeze_pose=m.freeze_pose, remat=m.remat,
+                          dtype=m.dtype, bn_axis_name=dp.bn_axis_name, tuning=dp.tuning)
+
+
+def _initial_state(config: Any, model: Any, schedule: Any, dp: DataParallel) -> Any:
+    """The replicated train state of ``config.init``'s weights (or ``config.seed``'s),
+    with SGD on ``schedule`` (per-stream rates, frozen modules left alone)."""
+    o = config.optimizer
     variables = initial_variables(model, config.mode, jax.random.PRNGKey(config.seed),
                                   checkpoint=config.init.checkpoint,
                                   rgb_checkpoint=config.init.rgb,
@@ -311,125 +469,86 @@ def _train(config: Any, workdir: Path, dp: DataParallel, local_batch: int,
                         lr_multipliers={"rgb": o.rgb_lr_mult, "pose": o.pose_lr_mult,
                                         "attention": o.attention_lr_mult},
                         frozen=frozen_modules(model))
-    state = jax.device_put(create_train_state(model, variables, tx, config.seed),
-                           dp.replicated)
-    del variables
+    return jax.device_put(create_train_state(model, variables, tx, config.seed),
+                          dp.replicated)
 
-    ckpts = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
-                        keep_best=config.keep_best_checkpoints,
-                        best_metric=config.best_metric)
-    train_iter = iter(train_loader)
-    start = 0
-    if config.resume and ckpts.latest_step() is not None:
-        start = ckpts.latest_step()
-        state = ckpts.restore(start, state, train_iter)
-        if primary:
-            print(f"resumed from {ckpts.directory / str(start)}", flush=True)
-    elif ckpts.latest_step() is not None:
+
+def _resume(config: Any, ckpts: Checkpoints, state: Any, train_iter: Any
+            ) -> tuple[Any, int]:
+    """(state, step) of the latest checkpoint (the loader's position too) with
+    ``config.resume``, else (state, 0); FileExistsError where checkpoints exist but
+    resuming was not asked for."""
+    latest = ckpts.latest_step()
+    if latest is None:
+        return state, 0
+    if not config.resume:
         raise FileExistsError(
-            f"{ckpts.directory} holds checkpoints (latest step {ckpts.latest_step()}); "
+            f"{ckpts.directory} holds checkpoints (latest step {latest}); "
             f"pass --config.resume=True to continue or choose a new workdir")
+    state = ckpts.restore(latest, state, train_iter)
+    if jax.process_index() == 0:
+        print(f"resumed from {ckpts.directory / str(latest)}", flush=True)
+    return state, latest
 
-    inputs = DeviceInputs.of(clip_config(config))
-    train_fn = dp.train_step(mode=config.mode, label_smoothing=o.label_smoothing,
-                             inputs=inputs)
-    eval_fn = dp.eval_step(mode=config.mode, inputs=inputs)
-    wait = InputWait(config.input_wait_warning)
-    writer = MetricWriter(workdir, primary, start_step=start)
-    bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
-               disable=not (primary and config.progress_bar))
-    state = dp.put_state(state)
-    pending: list[tuple[int, Any]] = []
-    window_start, window_clips = time.perf_counter(), 0
+
+def _train_steps(run: _Run, state: Any, start: int, preemption: Preemption
+                 ) -> tuple[Any, dict[str, float], int | None]:
+    """Steps ``start + 1`` to the last under the step watchdog, validating and saving
+    when due. Returns (state, the last validation metrics, the step a preemption
+    stopped the run at or None)."""
+    f = run.config.faults
     val_metrics: dict[str, float] = {}
-
-    def flush(step: int) -> None:
-        nonlocal window_start, window_clips
-        if not pending:
-            return
-        fetched = [(s, dp.fetch(mt)) for s, mt in pending]
-        pending.clear()
-        for s, mt in fetched:
-            if not (math.isfinite(float(mt["loss_sum"]))
-                    and math.isfinite(float(mt["grad_norm_sum"]))):
-                ckpts.wait()
-                last = ckpts.latest_step()
-                where = (f"the last good checkpoint is step {last} in {ckpts.directory}"
-                         if last is not None else "no checkpoint was saved before it")
-                raise NonFiniteLossError(
-                    f"non-finite loss ({float(mt['loss_sum'])}) or gradient norm at step "
-                    f"{s}; stopping (try a lower --config.optimizer.lr); {where}")
-        elapsed = time.perf_counter() - window_start
-        count = sum(int(mt["count"]) for _, mt in fetched)
-        summary = {
-            "loss": float(np.mean([mt["loss_sum"] for _, mt in fetched])),
-            "accuracy": 100.0 * sum(int(mt["correct"]) for _, mt in fetched) / max(count, 1),
-            "grad_norm": float(np.mean([mt["grad_norm_sum"] for _, mt in fetched])),
-            "learning_rate": float(schedule(step - 1)),
-            "clips_per_second": window_clips / max(elapsed, 1e-9),
-            "input_wait": wait.share(),
-        }
-        writer.write(step, "train", summary)
-        bar.set_postfix(loss=f"{summary['loss']:.3f}", acc=f"{summary['accuracy']:.1f}",
-                        clips_s=f"{summary['clips_per_second']:.1f}",
-                        wait=f"{100 * summary['input_wait']:.0f}%", refresh=False)
-        message = wait.warning(summary["input_wait"])
-        if message and primary:
-            logging.warning(message)
-            bar.write(f"warning: {message}", file=sys.stderr)
-        window_start, window_clips = time.perf_counter(), 0
-
-    # SIGTERM: finish the step, all processes save the same one, exit 0 (resumable).
-    preemption = Preemption(start_step=start).install()
     stopped_at = None
-    f = config.faults
-    try:
-        with StepWatchdog(f.step_timeout_s if f.step_timeout_s > 0 else float("inf"),
-                          lost_after_s=f.lost_after_s,
-                          checkpoint_dir=ckpts.directory) as watchdog:
-            for step in range(start + 1, total_steps + 1):
-                batch = wait.next(train_iter)
-                state, metrics = train_fn(state, dp.put_batch(batch))
-                watchdog.beat(step, metrics)
-                preempted = preemption.reached(step)  # every step, on every process
-                pending.append((step, metrics))
-                window_clips += config.batch_size
-                bar.update(1)
-                is_eval = (step % eval_every == 0 or step == total_steps) and not preempted
-                is_ckpt = is_eval or step % ckpt_every == 0 or preempted
-                if is_ckpt or step % config.log_every_steps == 0:
-                    flush(step)  # raises before a non-finite state is saved
-                if is_eval:
-                    with watchdog.phase("validation"):
-                        val_metrics = _validate(eval_fn, dp, state, val_loader, config)
-                    writer.write(step, "val", val_metrics)
-                    bar.write(f"step {step}: " + _format_metrics(val_metrics))
-                if is_ckpt:
-                    with watchdog.phase("checkpoint save", f.save_timeout_s or None):
-                        ckpts.save(step, dp.get_state(state),
-                                   train_iter, val_metrics if is_eval else None)
-                    window_start = time.perf_counter()  # eval/save time is not clips/s
-                    wait.restart()
-                if preempted:
-                    stopped_at = step
-                    break
-            with watchdog.phase("checkpoint save", f.save_timeout_s or None):
-                ckpts.wait()
-    finally:  # after an exception the watchdog stays armed: this wait is bounded too
-        preemption.restore()
-        bar.close()
-        writer.close()
-        ckpts.wait()
+    with StepWatchdog(f.step_timeout_s if f.step_timeout_s > 0 else float("inf"),
+                      lost_after_s=f.lost_after_s,
+                      checkpoint_dir=run.ckpts.directory) as watchdog:
+        for step in range(start + 1, run.total_steps + 1):
+            batch = run.log.wait.next(run.train_iter)
+            state, metrics = run.train_fn(state, run.dp.put_batch(batch))
+            watchdog.beat(step, metrics)
+            preempted = preemption.reached(step)  # every step, on every process
+            run.log.add(step, metrics)
+            validated = _evaluate_and_checkpoint(run, state, step, preempted, watchdog)
+            if validated is not None:
+                val_metrics = validated
+            if preempted:
+                stopped_at = step
+                break
+        with watchdog.phase("checkpoint save", f.save_timeout_s or None):
+            run.ckpts.wait()
+    return state, val_metrics, stopped_at
 
-    if stopped_at is not None:
-        ckpts.close()
-        message = preemption.message(ckpts.directory)
-        return {"preempted": True, "step": stopped_at, "message": message}
+
+def _evaluate_and_checkpoint(run: _Run, state: Any, step: int, preempted: bool,
+                             watchdog: StepWatchdog) -> dict[str, float] | None:
+    """After ``step``: the log row, validation and checkpoint that are due (a preempted
+    step saves without validating). Returns the validation metrics when it validated."""
+    is_eval = (step % run.eval_every == 0 or step == run.total_steps) and not preempted
+    is_ckpt = is_eval or step % run.ckpt_every == 0 or preempted
+    if is_ckpt or step % run.config.log_every_steps == 0:
+        run.log.flush(step)  # raises before a non-finite state is saved
+    val_metrics = None
+    if is_eval:
+        with watchdog.phase("validation"):
+            val_metrics = _validate(run.eval_fn, run.dp, state, run.val_loader, run.config)
+        run.log.write_val(step, val_metrics)
+    if is_ckpt:
+        with watchdog.phase("checkpoint save", run.config.faults.save_timeout_s or None):
+            run.ckpts.save(step, run.dp.get_state(state), run.train_iter, val_metrics)
+        run.log.restart()
+    return val_metrics
+
+
+def _finish(run: _Run, state: Any, val_metrics: dict[str, float], workdir: Path
+            ) -> dict[str, Any]:
+    """Export the best (``config.export_best``) or final variables to ``workdir/model``
+    and, when asked, draw the attention picture; the result of ``train_and_evaluate``."""
+    config, ckpts = run.config, run.ckpts
     if not val_metrics:  # nothing left to train (a finished run resumed): evaluate it
-        val_metrics = _validate(eval_fn, dp, state, val_loader, config)
+        val_metrics = _validate(run.eval_fn, run.dp, state, run.val_loader, config)
     final_step = ckpts.latest_step()
     export_step = ckpts.best_step() if config.export_best and ckpts.best_step() else final_step
-    final_state = dp.get_state(state)
+    final_state = run.dp.get_state(state)
     if export_step != final_step:
         final_state = ckpts.restore(export_step, final_state)
         export_metrics = _metrics_of(ckpts, export_step)
@@ -440,9 +559,9 @@ def _train(config: Any, workdir: Path, dp: DataParallel, local_batch: int,
     ckpts.close()
     result: dict[str, Any] = dict(val_metrics, step=final_step, model_dir=str(model_dir),
                                   export_step=export_step)
-    if config.attention_picture and config.mode == "epam" and primary:
+    if config.attention_picture and config.mode == "epam" and jax.process_index() == 0:
         result["attention_picture"] = str(write_attention_picture(
-            config, jax.device_get(final_state.variables), val_loader,
+            config, jax.device_get(final_state.variables), run.val_loader,
             workdir / "attention.png"))
     return result
 
