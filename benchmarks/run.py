@@ -713,12 +713,12 @@ def _measure_batch(bench: Bench, mode: str, batch: int, torch_threads: list[int]
         for dtype in bench.torch_dtypes:
             for threads in torch_threads:
                 bench.measure(bench.torch_config(mode, batch, dtype, threads, allocator))
+        if auto and len(torch_threads) > 1:  # the last results are this batch's torch runs
+            torch_threads = _fastest_threads(bench.results, torch_threads)
     if "onnxruntime" in args.frameworks and mode == "eval":
         bench.measure({"framework": "onnxruntime", "mode": "eval", "batch": batch,
                        "dtype": "float32", "threads": args.ort_threads, "device": "cpu",
                        "allocator": allocator})
-        if auto and len(torch_threads) > 1:
-            torch_threads = _fastest_threads(bench.results, torch_threads)
     return torch_threads
 
 
