@@ -1,17 +1,33 @@
-"""Shared test fixtures: the reference model, real data, small inputs."""
+"""Shared test helpers and fixtures.
+
+- numbers and models: ``relative_error``, ``random_clips``, ``random_variables``,
+  ``assert_trees_equal``, the small ``small_backbone``;
+- the real NTU clip (``ntu``), its poses (``ntu_poses``), a random 60-class checkpoint
+  (``ntu_model``) and a direct ``apply`` of it (``ntu_reference``), built once per worker;
+- small videos: ``moving`` frames, ``encode_video``, ``cut`` (truncation), ``plain_frames``
+  (a plain PyAV decode), ``small_videos`` (containers, frame rates, truncated files);
+- poses: ``synthetic_person``, ``small_person``, ``pose_python``/``need_pose`` (MediaPipe's
+  interpreter, or a skip) and ``run_pose_cli``.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import jax
 import numpy as np
 import pytest
 
-from epam_jax.models import variable_shapes
+from epam_jax.checkpoints import save_variables
+from epam_jax.data import save_annotations
+from epam_jax.data.pose import pose_interpreter_env
+from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -97,3 +113,177 @@ def synthetic_person(total: int, img_shape: tuple[int, int],
         "total_frames": total, "keypoint": kp, "keypoint_score": np.ones((1, total, 17),
                                                                             np.float32),
     }
+
+
+def encode_video(path: Path, frames, fps: int = 30, fmt: str | None = None,
+                times_ms: list[int] | None = None, options: dict[str, str] | None = None
+                ) -> Path:
+    """Frames to an H.264 video; ``times_ms``: their timestamps in milliseconds (a
+    variable rate)."""
+    with av.open(os.fspath(path), "w", format=fmt) as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.pix_fmt = "yuv420p"
+        stream.options = options or {}
+        if times_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, img in enumerate(frames):
+            if i == 0:
+                stream.height, stream.width = img.shape[:2]
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if times_ms is not None:
+                frame.pts, frame.time_base = times_ms[i], Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+NTU_NAME = "ntu_S001C001P001R001A001_rgb"
+NTU_CLASSES = 60
+
+
+@pytest.fixture(scope="session")
+def ntu(shared_data: Path) -> Path:
+    path = shared_data / f"{NTU_NAME}.avi"
+    if not path.is_file():
+        pytest.skip(f"real NTU clip not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ntu_poses(ntu: Path, tmp_path_factory) -> tuple[Path, dict]:
+    """Pose annotation of the NTU clip (MediaPipe when available) as a pickle and a dict."""
+    from epam_jax.realvideo import single_video_annotation, video_poses
+
+    python = pose_python()
+    ann = video_poses(ntu, python) if python else synthetic_person(103, (1080, 1920))
+    path = tmp_path_factory.mktemp("poses") / "ntu_poses.pkl"
+    save_annotations(path, [ann])
+    return path, single_video_annotation(ntu, poses=path)
+
+
+@pytest.fixture(scope="session")
+def ntu_model(tmp_path_factory) -> tuple[Path, dict]:
+    """A randomly initialised 60-class EPAM-Net checkpoint and its variables."""
+    variables = random_variables(EPAMNet(num_classes=NTU_CLASSES))
+    path = save_variables(tmp_path_factory.mktemp("ckpt") / "epam", variables)
+    return path, variables
+
+
+@pytest.fixture(scope="session")
+def ntu_reference(ntu_model):
+    """A direct ``EPAMBackbone(fusion='residual').apply`` (rgb + rgb * attention, pose
+    features, attention) plus EPAM-Net's two I3D heads in numpy (mean over T, H, W, then
+    the dense layer), one clip at a time; the seed backbone's rgb * attention follows."""
+    _, variables = ntu_model
+    backbone = EPAMBackbone(fusion="residual")
+    backbone_vars = {c: {k: v for k, v in variables[c].items() if not k.endswith("_cls_head")}
+                     for c in ("params", "batch_stats")}
+    apply = jax.jit(lambda r, p: backbone.apply(backbone_vars, r, p, return_attention=True))
+
+    def head(name: str, feats: np.ndarray) -> np.ndarray:
+        fc = variables["params"][name]["fc_cls"]
+        pooled = feats.astype(np.float64).mean(axis=(0, 1, 2))
+        return pooled @ np.asarray(fc["kernel"], np.float64) + np.asarray(fc["bias"])
+
+    def run(rgb: np.ndarray, pose: np.ndarray) -> dict[str, np.ndarray]:
+        residual, pose_feats, attention = (np.asarray(x)[0] for x in apply(rgb[None], pose[None]))
+        rgb_feats = residual / (1.0 + attention)
+        return {
+            "rgb_logits": head("rgb_cls_head", residual),
+            "pose_logits": head("pose_cls_head", pose_feats),
+            "attention": attention,
+            "rgb_residual": residual,
+            "rgb_features": rgb_feats * attention,
+            "pose_features": pose_feats,
+        }
+
+    return run
+
+
+MOVING_SHAPE = (96, 128)
+
+
+def moving(n: int, shape: tuple[int, int] = MOVING_SHAPE, seed: int = 0) -> list[np.ndarray]:
+    """Frames that all differ (moving ramps plus noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    frames = []
+    for i in range(n):
+        img = np.stack([(xx * 3 + i * 7) % 256, (yy * 5 + i * 3) % 256,
+                        ((xx + yy) * 2 + i * 11) % 256], -1)
+        frames.append(np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8))
+    return frames
+
+
+def cut(path: Path, fraction: float, out: Path) -> Path:
+    data = path.read_bytes()
+    out.write_bytes(data[: int(len(data) * fraction)])
+    return out
+
+
+def rgb24(frame: av.VideoFrame) -> np.ndarray:
+    return frame.reformat(format="rgb24", interpolation="AREA").to_ndarray()
+
+
+def plain_frames(path: Path) -> list[np.ndarray]:
+    """Every frame by a plain PyAV decode loop."""
+    with av.open(os.fspath(path)) as container:
+        return [rgb24(f) for f in container.decode(video=0)]
+
+
+def need_pose() -> str:
+    python = pose_python()
+    if python is None:
+        pytest.skip("mediapipe is not installed (make pose-env, or set EPAM_POSE_PYTHON)")
+    return python
+
+
+def run_pose_cli(python: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([python, "-m", "epam_jax.data.pose", *args], capture_output=True,
+                          text=True, env=pose_interpreter_env(python), timeout=120)
+
+
+@pytest.fixture(scope="session")
+def small_videos(tmp_path_factory) -> dict[str, Path]:
+    """Intact and truncated small videos."""
+    root = tmp_path_factory.mktemp("videos")
+    steps = np.resize([20, 33, 34, 50, 100, 17], 39)
+    times = [0, *np.cumsum(steps).tolist()]
+    paths = {
+        "avi": encode_video(root / "clip.avi", moving(60), fmt="avi"),
+        "mkv": encode_video(root / "clip.mkv", moving(60), fmt="matroska"),
+        "mp4_60fps": encode_video(root / "fast.mp4", moving(40), fps=60),
+        "mp4_15fps": encode_video(root / "slow.mp4", moving(40), fps=15),
+        "mp4_vfr": encode_video(root / "vfr.mp4", moving(40), times_ms=times),
+        "mkv_vfr": encode_video(root / "vfr.mkv", moving(40), fmt="matroska", times_ms=times),
+        "ts_vfr": encode_video(root / "vfr.ts", moving(40), fmt="mpegts", times_ms=times),
+    }
+    paths["avi_cut"] = cut(paths["avi"], 0.4, root / "cut.avi")
+    paths["mkv_cut"] = cut(paths["mkv"], 0.5, root / "cut.mkv")
+    return paths
+
+
+def small_person(total: int, shape: tuple[int, int], scale: tuple[float, float]) -> dict:
+    """``synthetic_person`` shrunk about the frame's centre by ``scale`` = (x, y)."""
+    ann = synthetic_person(total, shape, "small")
+    centre = np.array([shape[1] / 2, shape[0] / 2], np.float32)
+    ann["keypoint"] = centre + (ann["keypoint"] - centre) * np.array(scale, np.float32)
+    return ann
+
+
+@pytest.fixture(scope="session")
+def small_backbone():
+    """The backbone and random variables (shapes traced, nothing compiled: every call
+    below is refused before the model computes)."""
+    model = EPAMBackbone()
+    return model, random_variables(model)
+
+
+RGB_SHAPE = (1, 4, 32, 32, 3)
+POSE_SHAPE = (1, 12, 8, 8, 17)
+
+
+def assert_trees_equal(a, b) -> None:
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -1,16 +1,18 @@
-"""The benchmark's side-by-side table and the merging of runs made in parts."""
+"""benchmarks/: the side-by-side tables, the merging of runs made in parts, the GPU
+script's plan, the formulation benchmark and the loader's smoke run."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from benchmarks import merge as merge_mod
 from benchmarks.run import output_agreement, summarize
-
-GPU = {"jax_devices": ["NVIDIA H100 80GB HBM3"], "cpu": "Xeon", "jax": "0.11.2",
-       "torch": "2.11.0"}
 
 
 def _jax(mode, batch, dtype, rate, **extra):
@@ -22,10 +24,6 @@ def _torch(mode, batch, dtype, rate, **extra):
     return {"framework": "torch", "mode": mode, "batch": batch, "dtype": dtype,
             "device": "cuda", "threads": 16, "clips_per_s": rate,
             "device_peak_bytes": 2 * 2**30, **extra}
-
-
-def _report(results, dtypes=("float32", "bfloat16"), machine=GPU):
-    return {"machine": machine, "settings": {"dtypes": list(dtypes)}, "results": results}
 
 
 def _cells(line):
@@ -78,6 +76,131 @@ def test_output_agreement_uses_float32_pytorch_only():
         _torch("eval", 1, "bfloat16", 1.0, logits=[[5.0, 9.0]]),
     ]
     assert output_agreement(results) == pytest.approx(0.002 / 2.002)
+
+
+def test_run_measures_the_default_path_first_then_labelled_opt_ins(monkeypatch, capsys):
+    from benchmarks import run as run_mod
+
+    calls = []
+    rates = {"jit": 5.0, "jit+options": 5.5, "concurrent": 6.0}
+
+    def fake_run_config(config, weights, env, timing, timeout, plan=False):
+        tuned = env.get("MALLOC_ARENA_MAX") == "1"
+        assert tuned == (config["allocator"] == "tuned")
+        if plan:
+            return {**config, "remat_plan": {"choice": "none"}}
+        calls.append(config)
+        rate = rates.get(config.get("runner"), 2.0) + (0.5 if tuned else 0.0)
+        return {**config, "clips_per_s": rate, "clips_per_s_median": rate, "best_s": 1.0,
+                "peak_rss_bytes": 2**30, "other_load_max": 0.0}
+
+    monkeypatch.setattr(run_mod, "run_config", fake_run_config)
+    monkeypatch.setattr(run_mod, "prepare_weights", lambda d, seed: "fake")
+    monkeypatch.setattr(run_mod, "machine", lambda: {
+        "cpu": "x", "cpus": 2, "jax": "0", "jax_backend": "cpu", "jax_devices": ["cpu"],
+        "torch": "2", "torch_cuda": None, "platform": "p", "python": "3"})
+    run_mod.main(["--eval-batches", "1,4,16", "--train-batches", "2", "--no-flops",
+                  "--no-heatmaps", "--torch-threads", "2"])
+    seen = [(c["framework"], c["mode"], c["batch"], c.get("runner"), c["allocator"])
+            for c in calls]
+    assert seen == [
+        ("jax", "eval", 1, "jit", "default"), ("jax", "eval", 1, "jit+options", "default"),
+        ("jax", "eval", 1, "concurrent", "default"), ("torch", "eval", 1, None, "default"),
+        ("jax", "eval", 4, "jit", "default"), ("jax", "eval", 4, "jit+options", "default"),
+        ("jax", "eval", 4, "concurrent", "default"), ("torch", "eval", 4, None, "default"),
+        ("jax", "eval", 16, "jit", "default"), ("torch", "eval", 16, None, "default"),
+        ("jax", "train", 2, "jit+options", "default"), ("torch", "train", 2, None, "default"),
+        ("jax", "eval", 1, "concurrent", "tuned"), ("torch", "eval", 1, None, "tuned"),
+        ("jax", "eval", 4, "concurrent", "tuned"), ("torch", "eval", 4, None, "tuned"),
+    ]
+    out = capsys.readouterr().out
+    table = out[out.index("mode  batch"):].splitlines()
+    batch1 = [_cells(line) for line in table[2:] if _cells(line)[:2] == ["eval", "1"]]
+    configs = [cells[3] for cells in batch1]
+    assert configs == ["jax jit (default)", "jax jit+options", "jax concurrent",
+                       "jax concurrent, tuned malloc"]
+    speedups = [cells[6] for cells in batch1]
+    assert speedups == ["2.500x", "2.750x", "3.000x", "2.600x"]
+
+
+def _ort(batch, rate, **extra):
+    return {"framework": "onnxruntime", "mode": "eval", "batch": batch, "dtype": "float32",
+            "device": "cpu", "threads": 0, "clips_per_s": rate, "peak_rss_bytes": 2**30,
+            **extra}
+
+
+def test_onnxruntime_table_sits_beside_the_default_jax_path_and_pytorch():
+    from benchmarks.run import onnxruntime_agreement, onnxruntime_table
+
+    cpu = {"device": "cpu", "allocator": "default"}
+    results = [
+        _jax("eval", 1, "float32", 4.0, runner="jit", logits=[[1.0, -2.0]]),
+        _jax("eval", 1, "float32", 4.4, runner="concurrent"),  # an opt-in: not compared
+        _torch("eval", 1, "float32", 2.0, threads=2, **cpu),
+        _ort(1, 3.0, logits=[[1.0, -2.001]]),
+        _jax("eval", 4, "float32", 5.0, runner="jit"),
+        _ort(4, 0.0, error="exit 1: no memory"),
+    ]
+    assert summarize(results, ["float32"])[1][0]["config"] == "jax jit (default)"
+    lines = [_cells(line) for line in onnxruntime_table(results).splitlines()[2:]]
+    assert lines == [
+        ["1", "3.00 (default threads)", "4.00", "2.00 (2T)", "0.750x", "1.500x", "1.00"],
+        ["4", "failed", "5.00", "-", "-", "-", "-"],
+    ]
+    assert onnxruntime_agreement(results) == pytest.approx(0.001 / 2.0)
+    assert onnxruntime_table(results[:3]) is None
+
+
+def test_run_exports_onnx_once_then_runs_onnxruntime_at_every_eval_batch(monkeypatch,
+                                                                         capsys, tmp_path):
+    from benchmarks import run as run_mod
+
+    calls = []
+
+    def fake_run_config(config, weights, env, timing, timeout, plan=False):
+        if plan:
+            return {**config, "remat_plan": {"choice": "none"}}
+        calls.append(config)
+        if config["mode"] == "export":
+            return {**config, "export_s": 12.0, "bytes": 12 << 20}
+        rate = {"onnxruntime": 3.0, "torch": 2.0}.get(config["framework"], 4.0)
+        return {**config, "clips_per_s": rate, "clips_per_s_median": rate, "best_s": 1.0,
+                "peak_rss_bytes": 2**30, "other_load_max": 0.0, "logits": [[1.0, 2.0]]}
+
+    monkeypatch.setattr(run_mod, "run_config", fake_run_config)
+    monkeypatch.setattr(run_mod, "prepare_weights", lambda d, seed: "fake")
+    monkeypatch.setattr(run_mod, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(run_mod, "machine", lambda: {
+        "cpu": "x", "cpus": 2, "jax": "0", "jax_backend": "cpu", "jax_devices": ["cpu"],
+        "torch": "2", "torch_cuda": None, "platform": "p", "python": "3"})
+    report = tmp_path / "bench.json"
+    run_mod.main(["--eval-batches", "1,4", "--train-batches", "2", "--frameworks",
+                  "jax,torch,onnxruntime", "--jax-runners", "jit", "--allocator", "default",
+                  "--torch-threads", "2", "--no-flops", "--no-heatmaps", "--json", str(report)])
+    assert [(c["framework"], c["mode"], c["batch"]) for c in calls] == [
+        ("onnxruntime", "export", 1),
+        ("jax", "eval", 1), ("torch", "eval", 1), ("onnxruntime", "eval", 1),
+        ("jax", "eval", 4), ("torch", "eval", 4), ("onnxruntime", "eval", 4),
+        ("jax", "train", 2), ("torch", "train", 2),
+    ]
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if "ort / jax" in line)
+    assert [_cells(line)[:6] for line in lines[head + 2:head + 4]] == [
+        ["1", "3.00 (default threads)", "4.00", "2.00 (2T)", "0.750x", "1.500x"],
+        ["4", "3.00 (default threads)", "4.00", "2.00 (2T)", "0.750x", "1.500x"],
+    ]
+    saved = json.loads(report.read_text())
+    assert saved["onnx_export"]["export_s"] == 12.0
+    assert saved["onnxruntime_logits_max_rel_diff"] == 0.0
+
+
+GPU = {"jax_devices": ["NVIDIA H100 80GB HBM3"], "cpu": "Xeon", "jax": "0.11.2",
+       "torch": "2.11.0"}
+
+
+def _report(results, dtypes=("float32", "bfloat16"), machine=GPU):
+    return {"machine": machine, "settings": {"dtypes": list(dtypes)}, "results": results}
 
 
 def test_merge_keeps_the_fastest_success_per_configuration(tmp_path, capsys):
@@ -154,51 +277,6 @@ def test_gpu_script_plans_and_tabulates_without_running_a_model(tmp_path):
     ]
 
 
-def test_run_measures_the_default_path_first_then_labelled_opt_ins(monkeypatch, capsys):
-    from benchmarks import run as run_mod
-
-    calls = []
-    rates = {"jit": 5.0, "jit+options": 5.5, "concurrent": 6.0}
-
-    def fake_run_config(config, weights, env, timing, timeout, plan=False):
-        tuned = env.get("MALLOC_ARENA_MAX") == "1"
-        assert tuned == (config["allocator"] == "tuned")
-        if plan:
-            return {**config, "remat_plan": {"choice": "none"}}
-        calls.append(config)
-        rate = rates.get(config.get("runner"), 2.0) + (0.5 if tuned else 0.0)
-        return {**config, "clips_per_s": rate, "clips_per_s_median": rate, "best_s": 1.0,
-                "peak_rss_bytes": 2**30, "other_load_max": 0.0}
-
-    monkeypatch.setattr(run_mod, "run_config", fake_run_config)
-    monkeypatch.setattr(run_mod, "prepare_weights", lambda d, seed: "fake")
-    monkeypatch.setattr(run_mod, "machine", lambda: {
-        "cpu": "x", "cpus": 2, "jax": "0", "jax_backend": "cpu", "jax_devices": ["cpu"],
-        "torch": "2", "torch_cuda": None, "platform": "p", "python": "3"})
-    run_mod.main(["--eval-batches", "1,4,16", "--train-batches", "2", "--no-flops",
-                  "--no-heatmaps", "--torch-threads", "2"])
-    seen = [(c["framework"], c["mode"], c["batch"], c.get("runner"), c["allocator"])
-            for c in calls]
-    assert seen == [
-        ("jax", "eval", 1, "jit", "default"), ("jax", "eval", 1, "jit+options", "default"),
-        ("jax", "eval", 1, "concurrent", "default"), ("torch", "eval", 1, None, "default"),
-        ("jax", "eval", 4, "jit", "default"), ("jax", "eval", 4, "jit+options", "default"),
-        ("jax", "eval", 4, "concurrent", "default"), ("torch", "eval", 4, None, "default"),
-        ("jax", "eval", 16, "jit", "default"), ("torch", "eval", 16, None, "default"),
-        ("jax", "train", 2, "jit+options", "default"), ("torch", "train", 2, None, "default"),
-        ("jax", "eval", 1, "concurrent", "tuned"), ("torch", "eval", 1, None, "tuned"),
-        ("jax", "eval", 4, "concurrent", "tuned"), ("torch", "eval", 4, None, "tuned"),
-    ]
-    out = capsys.readouterr().out
-    table = out[out.index("mode  batch"):].splitlines()
-    batch1 = [_cells(line) for line in table[2:] if _cells(line)[:2] == ["eval", "1"]]
-    configs = [cells[3] for cells in batch1]
-    assert configs == ["jax jit (default)", "jax jit+options", "jax concurrent",
-                       "jax concurrent, tuned malloc"]
-    speedups = [cells[6] for cells in batch1]
-    assert speedups == ["2.500x", "2.750x", "3.000x", "2.600x"]
-
-
 def test_tuning_benchmark_names_each_formulation():
     from benchmarks.tuning import FORMULATIONS, tuning_of
     from epam_jax.tuning import PLATFORM_TUNINGS, Tuning
@@ -212,73 +290,29 @@ def test_tuning_benchmark_names_each_formulation():
         tuning_of("fast")
 
 
-def _ort(batch, rate, **extra):
-    return {"framework": "onnxruntime", "mode": "eval", "batch": batch, "dtype": "float32",
-            "device": "cpu", "threads": 0, "clips_per_s": rate, "peak_rss_bytes": 2**30,
-            **extra}
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_onnxruntime_table_sits_beside_the_default_jax_path_and_pytorch():
-    from benchmarks.run import onnxruntime_agreement, onnxruntime_table
-
-    cpu = {"device": "cpu", "allocator": "default"}
-    results = [
-        _jax("eval", 1, "float32", 4.0, runner="jit", logits=[[1.0, -2.0]]),
-        _jax("eval", 1, "float32", 4.4, runner="concurrent"),  # an opt-in: not compared
-        _torch("eval", 1, "float32", 2.0, threads=2, **cpu),
-        _ort(1, 3.0, logits=[[1.0, -2.001]]),
-        _jax("eval", 4, "float32", 5.0, runner="jit"),
-        _ort(4, 0.0, error="exit 1: no memory"),
-    ]
-    assert summarize(results, ["float32"])[1][0]["config"] == "jax jit (default)"
-    lines = [_cells(line) for line in onnxruntime_table(results).splitlines()[2:]]
-    assert lines == [
-        ["1", "3.00 (default threads)", "4.00", "2.00 (2T)", "0.750x", "1.500x", "1.00"],
-        ["4", "failed", "5.00", "-", "-", "-", "-"],
-    ]
-    assert onnxruntime_agreement(results) == pytest.approx(0.001 / 2.0)
-    assert onnxruntime_table(results[:3]) is None
-
-
-def test_run_exports_onnx_once_then_runs_onnxruntime_at_every_eval_batch(monkeypatch,
-                                                                         capsys, tmp_path):
-    from benchmarks import run as run_mod
-
-    calls = []
-
-    def fake_run_config(config, weights, env, timing, timeout, plan=False):
-        if plan:
-            return {**config, "remat_plan": {"choice": "none"}}
-        calls.append(config)
-        if config["mode"] == "export":
-            return {**config, "export_s": 12.0, "bytes": 12 << 20}
-        rate = {"onnxruntime": 3.0, "torch": 2.0}.get(config["framework"], 4.0)
-        return {**config, "clips_per_s": rate, "clips_per_s_median": rate, "best_s": 1.0,
-                "peak_rss_bytes": 2**30, "other_load_max": 0.0, "logits": [[1.0, 2.0]]}
-
-    monkeypatch.setattr(run_mod, "run_config", fake_run_config)
-    monkeypatch.setattr(run_mod, "prepare_weights", lambda d, seed: "fake")
-    monkeypatch.setattr(run_mod, "onnxruntime_available", lambda: True)
-    monkeypatch.setattr(run_mod, "machine", lambda: {
-        "cpu": "x", "cpus": 2, "jax": "0", "jax_backend": "cpu", "jax_devices": ["cpu"],
-        "torch": "2", "torch_cuda": None, "platform": "p", "python": "3"})
-    report = tmp_path / "bench.json"
-    run_mod.main(["--eval-batches", "1,4", "--train-batches", "2", "--frameworks",
-                  "jax,torch,onnxruntime", "--jax-runners", "jit", "--allocator", "default",
-                  "--torch-threads", "2", "--no-flops", "--no-heatmaps", "--json", str(report)])
-    assert [(c["framework"], c["mode"], c["batch"]) for c in calls] == [
-        ("onnxruntime", "export", 1),
-        ("jax", "eval", 1), ("torch", "eval", 1), ("onnxruntime", "eval", 1),
-        ("jax", "eval", 4), ("torch", "eval", 4), ("onnxruntime", "eval", 4),
-        ("jax", "train", 2), ("torch", "train", 2),
-    ]
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    head = next(i for i, line in enumerate(lines) if "ort / jax" in line)
-    assert [_cells(line)[:6] for line in lines[head + 2:head + 4]] == [
-        ["1", "3.00 (default threads)", "4.00", "2.00 (2T)", "0.750x", "1.500x"],
-        ["4", "3.00 (default threads)", "4.00", "2.00 (2T)", "0.750x", "1.500x"],
-    ]
-    saved = json.loads(report.read_text())
-    assert saved["onnx_export"]["export_s"] == 12.0
-    assert saved["onnxruntime_logits_max_rel_diff"] == 0.0
+def test_smoke_run_prints_a_row_per_source_and_mode(tmp_path: Path) -> None:
+    out = tmp_path / "loader.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.loader", "--smoke", "--json", os.fspath(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    header, rows = lines[0], lines[1:]
+    assert "clips/s/core" in header and "device MB" in header and "host MB" in header
+    assert [tuple(c.strip() for c in r.strip("|").split("|")[:3]) for r in rows] == [
+        (s, m, "device") for s in ("mp4", "frames", "raw") for m in ("train", "test")]
+    assert "keypoints synthetic" in proc.stdout
+    result = json.loads(out.read_text())
+    for row in result["rows"]:
+        for key in ("clips_per_s", "cpu_s_per_clip", "clips_per_s_per_core",
+                    "decoded_frames_per_clip", "device_bytes_per_clip", "host_bytes_per_clip"):
+            assert isinstance(row[key], int | float) and row[key] > 0, (row["source"], key)
+        # uint8 RGB + keypoints against float32 RGB + heatmaps: about 8x fewer bytes.
+        assert row["host_bytes_per_clip"] > 6 * row["device_bytes_per_clip"]
+    decoded = {(r["source"], r["mode"]): r["decoded_frames_per_clip"] for r in result["rows"]}
+    assert decoded[("frames", "train")] <= 16  # JPEG folders read only the 16 frames

@@ -7,27 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
+from conftest import assert_trees_equal
 
 torch = pytest.importorskip("torch")
+
 
 from converters import ConversionError, flax_to_torch, load_torch_checkpoint, torch_to_flax  # noqa: E402
 from converters.reference import build_reference, randomize_  # noqa: E402
 from epam_jax.checkpoints import (  # noqa: E402
-    from_single_streams,  # noqa: E402
     load_variables,
-    save_variables,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def assert_trees_equal(a, b) -> None:
-    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")
@@ -139,33 +131,6 @@ def test_unreadable_and_missing_files(tmp_path):
         load_torch_checkpoint(bad)
     with pytest.raises(FileNotFoundError):
         load_torch_checkpoint(tmp_path / "absent.pth")
-
-
-def test_orbax_files_and_single_stream_assembly(tmp_path):
-    rgb = randomize_(build_reference("rgb", num_classes=11), 8)
-    pose = randomize_(build_reference("pose", num_classes=11), 9)
-    torch.save({"meta": {}, "state_dict": rgb.state_dict()}, tmp_path / "rgb.pth")
-    pose_vars = torch_to_flax(pose.state_dict(), "pose")
-    save_variables(tmp_path / "pose_ckpt", pose_vars)
-    with pytest.raises(FileExistsError):
-        save_variables(tmp_path / "pose_ckpt", pose_vars)
-    assert_trees_equal(load_variables(tmp_path / "pose_ckpt"), pose_vars)
-    with pytest.raises(ValueError, match="'pose' checkpoint, expected 'rgb'"):
-        load_variables(tmp_path / "pose_ckpt", expect_model="rgb")
-
-    variables = from_single_streams(
-        tmp_path / "rgb.pth", tmp_path / "pose_ckpt", model="epam"
-    )
-    assert set(variables["params"]) == {
-        "rgb_backbone", "pose_backbone", "attention_module", "rgb_cls_head", "pose_cls_head"
-    }
-    assert_trees_equal(variables["params"]["pose_backbone"], pose_vars["params"]["pose_backbone"])
-    rgb_vars = torch_to_flax(rgb.state_dict(), "rgb")
-    assert_trees_equal(variables["params"]["rgb_cls_head"], rgb_vars["params"]["rgb_cls_head"])
-    att = variables["params"]["attention_module"]
-    # fresh attention, initialised as the original: kaiming conv, BN weight 1 bias 0
-    assert np.all(np.asarray(att["spatial"]["bn"]["scale"]) == 1.0)
-    assert np.std(np.asarray(att["spatial"]["conv"]["kernel"])) > 0
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_person
 
-from epam_jax.data import UnsafePickleError, load_annotations, safe_loads, save_annotations
+from epam_jax.data import (
+    UnsafePickleError,
+    load_annotations,
+    safe_loads,
+    save_annotations,
+)
 
 
 def sample(i: int = 0, label: int = 1, persons: int = 2, frames: int = 30) -> dict:
@@ -151,3 +158,98 @@ def test_not_a_list_of_dicts(tmp_path: Path) -> None:
         load_annotations(write(tmp_path / "a.pkl", {"samples": []}))
     with pytest.raises(ValueError, match="expected a dict"):
         load_annotations(write(tmp_path / "b.pkl", [[1, 2]]))
+
+
+SHAPE = (96, 128)
+GOOD = synthetic_person(20, SHAPE, "clip")
+
+
+def _pickled(**changes) -> bytes:
+    ann = dict(GOOD, **changes)
+    return pickle.dumps([{k: v for k, v in ann.items() if v is not None}], protocol=4)
+
+
+class _System:
+    def __reduce__(self):
+        return (os.system, ("echo ran",))
+
+
+_GOOD_BYTES = pickle.dumps([GOOD], protocol=4)
+_NAN = GOOD["keypoint"].copy()
+
+
+_NAN[0, 3, 5] = np.nan
+
+
+_INF = GOOD["keypoint"].copy()
+
+
+_INF[0, 3, 5, 0] = np.inf
+
+
+_NAN_SCORE = GOOD["keypoint_score"].copy()
+
+
+_NAN_SCORE[0, 2, 1] = np.nan
+
+
+PICKLES = {
+    "truncated": (_GOOD_BYTES[: len(_GOOD_BYTES) // 2],
+                  r"annotation pickle is truncated or corrupt \(UnpicklingError"),
+    "random_bytes": (np.random.default_rng(0).bytes(500),
+                     r"annotation pickle is truncated or corrupt"),
+    "append_to_a_tuple": (b"\x80\x04)K\x01a.",
+                          r"truncated or corrupt \(AttributeError"),
+    "huge_frame": (b"\x80\x04\x95" + b"\xff" * 8, r"truncated or corrupt \(OverflowError"),
+    "os_system": (pickle.dumps([_System()]), r"refusing to load annotation pickle: it "
+                                             r"references posix.system"),
+    "list_of_ints": (pickle.dumps([1, 2, 3]), r"annotation 0: expected a dict, got int"),
+    "an_int": (pickle.dumps(7), r"expected a list of sample dicts, got int"),
+    "no_keypoint": (_pickled(keypoint=None), r"annotation 0 \('clip'\): missing required "
+                                             r"key\(s\) \['keypoint'\]"),
+    "keypoint_shape": (_pickled(keypoint=GOOD["keypoint"][..., :1]),
+                       r"expected 'keypoint' of shape \(M, total_frames=20, 17, 2\), got "
+                       r"\(1, 20, 17, 1\)"),
+    "keypoint_frames": (_pickled(keypoint=GOOD["keypoint"][:, :19]),
+                        r"expected 'keypoint' of shape \(M, total_frames=20, 17, 2\), got "
+                        r"\(1, 19, 17, 2\)"),
+    "keypoint_list": (_pickled(keypoint=GOOD["keypoint"].tolist()),
+                      r"expected 'keypoint' to be a numeric numpy array, got list"),
+    "keypoint_complex": (_pickled(keypoint=GOOD["keypoint"].astype(complex)),
+                         r"numeric numpy array, got dtype complex128"),
+    "keypoint_inf": (_pickled(keypoint=_INF), r"expected finite 'keypoint' coordinates \(NaN "
+                                              r"for a missing joint\), got 1 infinite"),
+    "score_nan": (_pickled(keypoint_score=_NAN_SCORE),
+                  r"expected finite 'keypoint_score' values, got 1 NaN or infinite"),
+}
+
+
+def test_empty_annotation_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.pkl"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"^annotation file '.*empty.pkl' is empty$"):
+        load_annotations(path)
+
+
+@pytest.mark.parametrize("case", PICKLES)
+def test_damaged_annotation_pickles_name_the_file_and_the_fault(tmp_path: Path,
+                                                                case: str) -> None:
+    data, fault = PICKLES[case]
+    path = tmp_path / f"{case}.pkl"
+    path.write_bytes(data)
+    with pytest.raises(ValueError) as err:
+        load_annotations(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message, message
+    assert len(message) < 400, message
+    assert re.search(fault, message), message
+
+
+def test_nan_keypoints_are_missing_joints(tmp_path: Path) -> None:
+    """NaN marks a missing joint in PoseC3D files (the synthetic writer uses it; the
+    pipeline maps it to 0), so it loads, as NaN."""
+    path = tmp_path / "nan.pkl"
+    path.write_bytes(_pickled(keypoint=_NAN))
+    (ann,) = load_annotations(path)
+    assert np.isnan(ann["keypoint"][0, 3, 5]).all()
+    assert not np.isnan(np.delete(ann["keypoint"].reshape(-1, 2), 3 * 17 + 5, 0)).any()

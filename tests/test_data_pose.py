@@ -1,8 +1,7 @@
 """Poses from the real NTU clip with MediaPipe (optional extra 'pose').
 
 Runs in this interpreter when mediapipe imports, else through the interpreter named by
-EPAM_POSE_PYTHON (a separate environment holding the extra), else skips.
-"""
+EPAM_POSE_PYTHON (a separate environment holding the extra), else skips."""
 
 from __future__ import annotations
 
@@ -12,10 +11,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
+from conftest import need_pose, run_pose_cli
 
-from epam_jax.data import ClipConfig, load_annotations, make_sample
+from epam_jax.data import (
+    ClipConfig,
+    load_annotations,
+    make_sample,
+)
+from epam_jax.data.video import iter_video_frames
+from epam_jax.realvideo import (
+    _poses_in_subprocess,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NTU = ROOT.parent / "shared" / "data" / "ntu_S001C001P001R001A001_rgb.avi"
@@ -58,3 +67,25 @@ def test_ntu_clip_yields_poses_and_heatmaps(tmp_path: Path) -> None:
     heat = sample["heatmap"]
     assert heat.shape == (48, 56, 56, 17)
     assert np.all(heat.reshape(48, -1, 17).max(1)[:, [0, 5, 6, 11, 12]] > 0.3)
+
+
+SHAPE = (96, 128)
+
+
+def test_pose_command_refuses_a_truncated_video_or_keeps_what_decodes(small_videos,
+                                                                      tmp_path: Path) -> None:
+    """Refused: the command exits with EXIT_BAD_INPUT after one ``error:`` line, which
+    predict's subprocess call raises as that ValueError (not the MediaPipe log)."""
+    python = need_pose()
+    bad = small_videos["avi_cut"]
+    with pytest.raises(ValueError, match=r"^'.*cut.avi' is truncated or corrupt: it decodes"):
+        _poses_in_subprocess(bad, python, 0)
+    out = tmp_path / "poses.pkl"
+    done = run_pose_cli(python, os.fspath(bad), os.fspath(out), "--allow-truncated")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warning: " in done.stderr and "keeping the poses of the frames that decode" in (
+        done.stderr)
+    (ann,) = load_annotations(out)
+    with av.open(os.fspath(bad)) as container:
+        kept = sum(1 for _ in iter_video_frames(container, "x", report=lambda _: None))
+    assert ann["total_frames"] == kept

@@ -3,6 +3,8 @@ video (seeks, dropped non-reference frames, untrusted timestamps), bad files, fo
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import encode_video, moving, plain_frames, rgb24
 from PIL import Image
 
 from epam_jax import prepare
@@ -22,7 +25,10 @@ from epam_jax.data import (
     video_frame_count,
 )
 from epam_jax.data import video as video_module
+from epam_jax.data.pose import video_to_annotation
 from epam_jax.data.synthetic import make_synthetic_dataset
+from epam_jax.data.video import iter_video_frames, probe_video
+from epam_jax.stream import Source
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 NTU = SHARED / "ntu_S001C001P001R001A001_rgb.avi"
@@ -110,9 +116,6 @@ def test_frame_folder(tmp_path: Path, ext: str) -> None:
 def test_empty_frame_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds no"):
         read_frame_folder(tmp_path, [0])
-
-
-# --------------------------------------------------------------------------- equality
 
 
 def write_video(path: Path, n: int = 60, size: tuple[int, int] = (48, 64), *,
@@ -263,9 +266,6 @@ def test_decodes_stop_after_the_last_needed_frame(written) -> None:
     assert video_module.decode_stats["frames_decoded"] - before <= 10
 
 
-# --------------------------------------------------------------------------- bad files
-
-
 def _damaged(path: Path, how: str, out: Path) -> Path:
     data = path.read_bytes()
     if how == "half":
@@ -336,3 +336,56 @@ def test_unreadable_files(tmp_path) -> None:
             out.mux(packet)
     with pytest.raises(ValueError, match="audio.wav' has no video stream"):
         decode_video_frames(audio, [0])
+
+
+SHAPE = (96, 128)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("avi_cut", r"cut.avi' is truncated or corrupt: it decodes to \d+ frames, its header "
+                r"states 60$"),
+    ("mkv_cut", r"cut.mkv' is truncated or corrupt: it decodes to \d+ frames lasting 0\.\d\d "
+                r"s, its header states 2\.00 s$"),
+], ids=["avi_frame_count", "mkv_duration"])
+def test_truncated_files_are_refused_by_every_whole_video_reader(small_videos, name: str,
+                                                                 message: str) -> None:
+    """A frame count (AVI) or a duration alone (Matroska) in the header: the probe, the
+    frame iterator (after the frames that decode, which are the intact file's), the pose
+    extraction (before MediaPipe, absent from this interpreter) and the stream's file."""
+    bad = small_videos[name]
+    with pytest.raises(ValueError, match=message):
+        probe_video(bad)
+    with pytest.raises(ValueError, match=message):
+        video_to_annotation(bad)
+    with pytest.raises(ValueError, match=message):
+        Source(os.fspath(bad))
+    intact = plain_frames(small_videos[name.removesuffix("_cut")])
+    got = []
+    # the iterator names the damaged frame where the decoder flags the last one corrupt
+    damaged = rf"{message}|cut.\w+' is corrupt: frame \d+ does not decode cleanly$"
+    with av.open(os.fspath(bad)) as container, pytest.raises(ValueError, match=damaged):
+        for frame in iter_video_frames(container, os.fspath(bad)):
+            got.append(rgb24(frame))
+    assert 0 < len(got) < len(intact)
+    for k, frame in enumerate(got):
+        np.testing.assert_array_equal(frame, intact[k])
+    # where the caller allows it: the same frames, and the message reported
+    reported = []
+    with av.open(os.fspath(bad)) as container:
+        kept = sum(1 for _ in iter_video_frames(container, os.fspath(bad),
+                                                report=reported.append))
+    assert kept == len(got) and len(reported) == 1 and re.search(damaged, reported[0])
+
+
+def test_lost_stretch_in_a_file_without_frame_count(tmp_path: Path) -> None:
+    """Garbage over the middle of a Matroska file (a keyframe, and a cluster, every 10
+    frames: the demuxer finds the next one): what decodes spans the duration but leaves
+    a hole, which a variable frame rate does not."""
+    data = encode_video(tmp_path / "gop10.mkv", moving(60), fmt="matroska",
+                       options={"g": "10"}).read_bytes()
+    third = len(data) // 3
+    bad = tmp_path / "holed.mkv"
+    bad.write_bytes(data[:third] + np.random.default_rng(0).bytes(third) + data[2 * third:])
+    with pytest.raises(ValueError, match=r"holed.mkv' is truncated or corrupt: it decodes to "
+                                         r"\d+ frames with none from [\d.]+ s to [\d.]+ s"):
+        probe_video(bad)

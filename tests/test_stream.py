@@ -3,8 +3,7 @@ camera that is not there, a stalled pipe and a live pace it cannot keep up with.
 
 The long video joins the two real clips of ../shared/data (skipped without them); the
 pose tests need MediaPipe (in this interpreter or $EPAM_POSE_PYTHON) and skip without it;
-the others give poses with ``--poses``. Weights are random (random BatchNorm statistics).
-"""
+the others give poses with ``--poses``. Weights are random (random BatchNorm statistics)."""
 
 from __future__ import annotations
 
@@ -14,12 +13,21 @@ import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import jax
 import numpy as np
 import pytest
-from conftest import pose_python, random_variables, relative_error, synthetic_person
+from conftest import (
+    encode_video,
+    moving,
+    need_pose,
+    random_variables,
+    relative_error,
+    small_person,
+    synthetic_person,
+)
 
 from epam_jax.checkpoints import load_model, save_variables
 from epam_jax.cli import run_cli
@@ -32,26 +40,19 @@ from epam_jax.data import (
     save_annotations,
     uniform_sample_indices,
 )
+from epam_jax.data.video import MIN_SIDE
 from epam_jax.models import EPAMNet
-from epam_jax.realvideo import person_box, person_inputs, video_poses
+from epam_jax.realvideo import (
+    person_box,
+    person_inputs,
+    video_poses,
+)
 from epam_jax.stream import WindowPlan, _Recognizer, main, recognize_stream
 
 SIZE = 64
 NUM_CLASSES = 6
 CLIPS = ("ntu_S001C001P001R001A001_rgb.avi", "person_demo_1080p.mp4")
 FPS = 30
-
-
-def write_video(path: Path, frames, fps: int = FPS, fmt: str | None = None) -> Path:
-    with av.open(os.fspath(path), "w", format=fmt) as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.pix_fmt = "yuv420p"
-        for i, frame in enumerate(frames):
-            if i == 0:
-                stream.height, stream.width = frame.shape[:2]
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode(None))
-    return path
 
 
 def moving_frames(count: int, shape=(180, 320), seed: int = 0):
@@ -81,15 +82,10 @@ def long_video(shared_data: Path, tmp_path_factory) -> tuple[Path, int]:
                 for frame in container.decode(container.streams.video[0]):
                     yield frame.to_ndarray(format="rgb24", width=320, height=180)
 
-    path = write_video(tmp_path_factory.mktemp("long") / "long.mp4", frames())
+    path = encode_video(tmp_path_factory.mktemp("long") / "long.mp4", frames())
     with av.open(os.fspath(path)) as container:
         count = sum(1 for _ in container.decode(container.streams.video[0]))
     return path, count
-
-
-def need_pose() -> None:
-    if pose_python() is None:
-        pytest.skip("mediapipe is not installed (make pose-env, or set EPAM_POSE_PYTHON)")
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +189,7 @@ def test_stream_poses_are_the_video_poses(streamed, long_video) -> None:
 def test_noise_windows_are_no_person(loaded, tmp_path: Path) -> None:
     need_pose()
     rng = np.random.default_rng(1)
-    video = write_video(tmp_path / "noise.mp4",
+    video = encode_video(tmp_path / "noise.mp4",
                         (rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
                          for _ in range(75)))
     out = tmp_path / "out"
@@ -221,7 +217,7 @@ def test_camera_that_cannot_be_opened(checkpoint, tmp_path: Path) -> None:
 def test_stalled_stream_keeps_the_timeline_so_far(loaded, tmp_path: Path) -> None:
     """A pipe that stops sending: a clear error after the stall timeout, and every
     output so far complete and readable."""
-    source = write_video(tmp_path / "clip.ts", moving_frames(150), fmt="mpegts")
+    source = encode_video(tmp_path / "clip.ts", moving_frames(150), fmt="mpegts")
     poses = tmp_path / "poses.pkl"
     two = synthetic_person(150, (180, 320), "pipe")  # two persons, side by side
     two["keypoint"] = np.concatenate([two["keypoint"], two["keypoint"] - [60, 0]])
@@ -267,7 +263,7 @@ def test_stalled_stream_keeps_the_timeline_so_far(loaded, tmp_path: Path) -> Non
 def test_live_pace_drops_windows_to_keep_up(loaded, tmp_path: Path, monkeypatch) -> None:
     """A model slower than the stream: stale windows are dropped, the run ends about
     when the video does, and the rows stay in order (CSV timeline)."""
-    video = write_video(tmp_path / "live.mp4", moving_frames(90))
+    video = encode_video(tmp_path / "live.mp4", moving_frames(90))
     poses = tmp_path / "poses.pkl"
     save_annotations(poses, [synthetic_person(90, (180, 320), "live")])
     slow = _Recognizer._run_model
@@ -288,3 +284,26 @@ def test_live_pace_drops_windows_to_keep_up(loaded, tmp_path: Path, monkeypatch)
     assert [r["status"] for r in rows] == statuses
     assert [int(r["window"]) for r in rows] == list(range(len(rows)))
     assert all(r["name_1"] for r in rows if r["status"] == "ok")
+
+
+SHAPE = (96, 128)
+
+
+def test_stream_window_with_a_small_person_box_is_no_person() -> None:
+    """A window whose person box is under MIN_SIDE is labelled no_person, not cropped."""
+    shape, span = (240, 320), 16
+    rec = _Recognizer.__new__(_Recognizer)
+    rec.plan = WindowPlan(span, span, clip_len=8, rgb_stride=4)
+    rec.config = ClipConfig(rgb=False, rgb_size=(32, 32), heatmap_size=(8, 8), clip_len=8,
+                            rgb_stride=4)
+    rec.min_person, rec.reader = 0.5, SimpleNamespace(shape=shape)
+    rec.detected, rec.missing = [True] * span, [False] * span
+    frames = dict(enumerate(moving(span, shape)))
+    for scale, status in (((0.25, 0.12), "no_person"), ((1.0, 1.0), "ok")):
+        ann = small_person(span, shape, scale)
+        rec.keypoints = [ann["keypoint"][:, t] for t in range(span)]
+        rec.scores = [ann["keypoint_score"][:, t] for t in range(span)]
+        window = rec._window(0, 0, span, frames)
+        assert window.status == status and window.box is not None
+        side = min(window.box[2] - window.box[0], window.box[3] - window.box[1])
+        assert (side < MIN_SIDE) == (status == "no_person")

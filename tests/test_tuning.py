@@ -9,10 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import relative_error
 
 from epam_jax import EPAMNet, Tuning
-from epam_jax.layers import _batch_norm, batch_norm_train
 from epam_jax.models import variable_shapes
 from epam_jax.streams import X3DStage
 from epam_jax.tuning import PLATFORM_TUNINGS
@@ -82,47 +80,6 @@ def test_every_formulation_has_the_same_variables():
         for a, b in zip(jax.tree_util.tree_leaves(values),
                         jax.tree_util.tree_leaves(reference), strict=True):
             np.testing.assert_array_equal(a, b)
-
-
-def test_scanned_stages_compile_each_block_once():
-    """With ``scan_blocks`` the program holds one pair of blocks per stage, not every block:
-    the 41 blocks' 1x1x1 convolutions are matrix products, 7 first blocks + 7 scanned pairs."""
-    rgb, pose = jnp.zeros((1, 16, 32, 32, 3)), jnp.zeros((1, 16, 8, 8, 17))
-
-    def products(tuning):
-        model = EPAMNet(tuning=tuning)
-        jaxpr = str(jax.make_jaxpr(model.apply)(variable_shapes(model), rgb, pose))
-        return jaxpr.count("dot_general[")
-
-    scanned, unrolled = products(Tuning()), products(Tuning(scan_blocks=False))
-    assert scanned <= 0.5 * unrolled, (scanned, unrolled)
-
-
-@pytest.mark.parametrize("relu", [False, True])
-def test_cross_replica_batch_norm_gradient_equals_autodiff(relu):
-    """``batch_norm_train`` over replicas (``axis_name``): the hand-written backward pass
-    against autodiff through the replica means, on 3 replicas of unequal data."""
-    rng = np.random.default_rng(4)
-    x = jnp.asarray(rng.normal(0.2, 1.5, (3, 2, 2, 3, 3, 5)) * np.arange(1, 4)[:, None, None,
-                                                                               None, None, None],
-                    jnp.float32)
-    scale = jnp.asarray(rng.uniform(0.5, 1.5, 5), jnp.float32)
-    bias = jnp.asarray(rng.normal(0, 1, 5), jnp.float32)
-    g = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
-
-    def loss(norm):
-        def one(x, g):
-            y, mean, var = norm(x, scale, bias, 1e-5, relu, jnp.float32, "r")
-            return jnp.sum(y * g), (mean, var)
-        return jax.vmap(jax.value_and_grad(one, has_aux=True), axis_name="r")
-
-    (value, stats), grad = loss(batch_norm_train)(x, g)
-    (value_ref, stats_ref), grad_ref = loss(_batch_norm)(x, g)
-    assert relative_error(value_ref, value) <= 1e-6
-    for a, b in zip(stats, stats_ref, strict=True):
-        assert relative_error(b, a) <= 1e-6
-        np.testing.assert_allclose(a[0], a[2], rtol=1e-6)  # every replica sees global statistics
-    assert relative_error(grad_ref, grad) <= 1e-5
 
 
 def test_readme_names_the_tuning():

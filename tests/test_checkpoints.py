@@ -1,11 +1,9 @@
-"""Bad checkpoints and the clip geometry a checkpoint records.
+"""epam_jax.checkpoints: loading any checkpoint through one path, the tree check, bad
+files and directories in one line, and the clip geometry a checkpoint records.
 
-Files that are no PyTorch checkpoint, damaged epam-jax checkpoint directories and
-descriptions must each be one line saying what was found (never advice to load unsafely);
-a failed restore leaves no tracebacks behind. A small EPAM-Net checkpoint records a clip
-geometry of its own (8 pose frames, every 2nd as RGB, 32x32); predict, extract, evaluate
-and stream must use it by default and warn, once, about an explicit override.
-"""
+Files that are no PyTorch checkpoint, damaged epam-jax directories and descriptions
+that name no model end in one line naming the file and the fault; the tools run at the
+geometry the checkpoint records unless told otherwise."""
 
 from __future__ import annotations
 
@@ -21,33 +19,42 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
-from conftest import random_variables
+from conftest import NTU_CLASSES, assert_trees_equal, random_variables
 
+from converters import torch_to_flax  # noqa: E402
+from converters.reference import build_reference, randomize_  # noqa: E402
 from epam_jax import checkpoints, evaluate, extract, predict, stream
-from epam_jax.checkpoints import (
+from epam_jax.checkpoints import (  # noqa: E402
     CHECKSUM_FILE,
     META_FILE,
     VARIABLES_DIR,
     clip_fields,
     clip_geometry,
+    from_single_streams,  # noqa: E402
     load_meta,
+    load_variables,
     save_variables,
 )
-from epam_jax.data import ClipConfig, load_annotations, make_synthetic_dataset, save_annotations
-from epam_jax.models import EPAMNet
+from epam_jax.data import (
+    ClipConfig,
+    load_annotations,
+    make_synthetic_dataset,
+    save_annotations,
+)
+from epam_jax.models import EPAMBackbone, EPAMNet, SingleStreamNet
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 3
 CLIP_LEN, RGB_STRIDE, SIZE = 8, 2, 32  # 4 RGB frames of 32x32, 8 heatmaps of 8x8
 RECORDED = {"clip_len": CLIP_LEN, "rgb_stride": RGB_STRIDE, "rgb_size": (SIZE, SIZE),
             "heatmap_size": (SIZE // 4, SIZE // 4), "sigma": 0.6}
+
+
 PAPER = {"clip_len": 48, "rgb_stride": 3, "rgb_size": (224, 224), "heatmap_size": (56, 56),
          "sigma": 0.6}
-
-
-# --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +105,6 @@ def largest_data_file(path: Path) -> Path:
 
 def warnings_in(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("warning:")]
-
-
-# --------------------------------------------------------------------------- PyTorch files
 
 
 def _torch_save(obj_of: Any, **kw: Any) -> Any:
@@ -182,9 +186,6 @@ def test_clis_print_one_line_for_a_bad_pth_and_a_damaged_directory(
         assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
         assert str(checkpoint) in lines[0] and expected in lines[0]
         assert "weights_only" not in lines[0]
-
-
-# --------------------------------------------------------------------------- directories
 
 
 def test_a_damaged_checkpoint_directory_names_the_array(ckpt: Path, tmp_path: Path) -> None:
@@ -308,9 +309,6 @@ def test_descriptions_and_directories_that_are_no_checkpoint(ckpt: Path, tmp_pat
     assert one_line_error(lambda: extract.load_model(ckpt / META_FILE)) == (
         f"{ckpt / META_FILE} is the description of an epam-jax checkpoint; pass the "
         f"directory holding it, {ckpt}")
-
-
-# --------------------------------------------------------------------------- clip geometry
 
 
 def test_clip_fields_is_the_one_rule() -> None:
@@ -483,3 +481,78 @@ def test_evaluate_extract_and_stream_take_the_recorded_geometry(
     assert warnings_in(capsys.readouterr().err) == [
         f"warning: running {ckpt} on other clips than it records: rgb_stride 4 (trained with "
         "2); its outputs may be worse than in training"]
+
+
+def test_load_model_accepts_two_stream_checkpoints_only(tmp_path: Path, ntu_model) -> None:
+    from epam_jax.checkpoints import load_model
+
+    path, variables = ntu_model
+    loaded = load_model(path)
+    assert isinstance(loaded.model, EPAMNet) and loaded.has_heads
+    assert loaded.model.num_classes == NTU_CLASSES
+    backbone = {c: {k: v for k, v in variables[c].items() if not k.endswith("_cls_head")}
+                for c in ("params", "batch_stats")}
+    loaded_bb = load_model(save_variables(tmp_path / "backbone", backbone))
+    assert isinstance(loaded_bb.model, EPAMBackbone) and not loaded_bb.has_heads
+
+    rgb_only = save_variables(tmp_path / "rgb", random_variables(SingleStreamNet("rgb")))
+    with pytest.raises(ValueError, match="two-stream EPAM-Net checkpoint.*'rgb'"):
+        load_model(rgb_only)
+    with pytest.raises(FileNotFoundError, match="is not an epam-jax checkpoint: expected "
+                                                "epam_model.json and variables/"):
+        load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        load_model(tmp_path / "weights.bin")
+
+
+def test_load_model_from_pytorch_checkpoint(tmp_path: Path, ntu_model) -> None:
+    torch = pytest.importorskip("torch")
+    import converters
+    from epam_jax.checkpoints import load_model
+
+    _, variables = ntu_model
+    state = converters.flax_to_torch(variables, model="epam")
+    torch.save({"epoch": 3, "model_state_dict": {f"module.{k}": v for k, v in state.items()}},
+               tmp_path / "epam.pth")
+    loaded = load_model(tmp_path / "epam.pth")
+    assert isinstance(loaded.model, EPAMNet) and loaded.model.num_classes == NTU_CLASSES
+    for got, want in zip(jax.tree_util.tree_leaves(loaded.variables),
+                         jax.tree_util.tree_leaves(variables), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    rgb_state = converters.flax_to_torch(random_variables(SingleStreamNet("rgb")), model="rgb")
+    torch.save({"state_dict": rgb_state}, tmp_path / "rgb.pth")
+    with pytest.raises(ValueError, match="not a two-stream EPAM-Net checkpoint"):
+        load_model(tmp_path / "rgb.pth")
+
+
+torch = pytest.importorskip("torch")
+
+
+def test_orbax_files_and_single_stream_assembly(tmp_path):
+    rgb = randomize_(build_reference("rgb", num_classes=11), 8)
+    pose = randomize_(build_reference("pose", num_classes=11), 9)
+    torch.save({"meta": {}, "state_dict": rgb.state_dict()}, tmp_path / "rgb.pth")
+    pose_vars = torch_to_flax(pose.state_dict(), "pose")
+    save_variables(tmp_path / "pose_ckpt", pose_vars)
+    with pytest.raises(FileExistsError):
+        save_variables(tmp_path / "pose_ckpt", pose_vars)
+    assert_trees_equal(load_variables(tmp_path / "pose_ckpt"), pose_vars)
+    with pytest.raises(ValueError, match="'pose' checkpoint, expected 'rgb'"):
+        load_variables(tmp_path / "pose_ckpt", expect_model="rgb")
+
+    variables = from_single_streams(
+        tmp_path / "rgb.pth", tmp_path / "pose_ckpt", model="epam"
+    )
+    assert set(variables["params"]) == {
+        "rgb_backbone", "pose_backbone", "attention_module", "rgb_cls_head", "pose_cls_head"
+    }
+    assert_trees_equal(variables["params"]["pose_backbone"], pose_vars["params"]["pose_backbone"])
+    rgb_vars = torch_to_flax(rgb.state_dict(), "rgb")
+    assert_trees_equal(variables["params"]["rgb_cls_head"], rgb_vars["params"]["rgb_cls_head"])
+    att = variables["params"]["attention_module"]
+    # fresh attention, initialised as the original: kaiming conv, BN weight 1 bias 0
+    assert np.all(np.asarray(att["spatial"]["bn"]["scale"]) == 1.0)
+    assert np.std(np.asarray(att["spatial"]["conv"]["kernel"])) > 0
