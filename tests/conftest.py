@@ -14,20 +14,32 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from fractions import Fraction
 from pathlib import Path
 
-import av
-import jax
-import numpy as np
-import pytest
+# One persistent XLA compilation cache for the whole run, set before jax starts: the xdist
+# workers and the tools' subprocesses inherit it, so a program that several tests compile
+# (the same model at the same shapes) is compiled once. Removed when the run ends.
+XLA_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"epam-jax-tests-xla-{uuid.uuid4().hex[:12]}"))
 
-from epam_jax.checkpoints import save_variables
-from epam_jax.data import save_annotations
-from epam_jax.data.pose import pose_interpreter_env
-from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes
+import av  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from epam_jax.checkpoints import save_variables  # noqa: E402
+from epam_jax.data import save_annotations  # noqa: E402
+from epam_jax.data.pose import pose_interpreter_env  # noqa: E402
+from epam_jax.models import EPAMBackbone, EPAMNet, variable_shapes  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", XLA_CACHE)  # if a plugin imported jax first
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -37,6 +49,12 @@ try:  # torch is optional; with it, one thread each (pytest runs two workers on 
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover - exercised only without the torch extra
     torch = None
+
+
+def pytest_unconfigure(config) -> None:
+    """The controlling process (not an xdist worker) removes the run's compilation cache."""
+    if not hasattr(config, "workerinput") and "epam-jax-tests-xla-" in XLA_CACHE:
+        shutil.rmtree(XLA_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
