@@ -60,8 +60,7 @@ def train(dataset: dict[str, Path], video_root: Path, workdir: Path, init: Path
                  "progress_bar": False, "init.checkpoint": init}
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/demo.py"),
            "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in overrides.items())]
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_backend_optimization_level=0")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
 

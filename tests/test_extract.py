@@ -115,7 +115,8 @@ def test_extract_sharded_over_two_devices(tmp_path: Path, shared_data: Path, ntu
         "assert jax.local_device_count() == 2, jax.local_devices()\n"
         "extract.main(sys.argv[1:])\n"
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+               + " --xla_force_host_platform_device_count=2",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     cmd = [sys.executable, "-c", code, "--checkpoint", str(ckpt), "--out-dir", str(out),
            "--annotations", str(ann_file), "--video-root", str(shared_data),

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import (
+    FULL_OPTIMISATION,
     POSE_SHAPE,
     RGB_SHAPE,
     ncthw_to_ndhwc,
@@ -330,7 +331,8 @@ def test_remat_keeps_names_and_gradients_and_saves_memory_on_cpu():
             return loss, updates
 
         step = jax.jit(
-            jax.value_and_grad(loss_fn, has_aux=True), compiler_options=compiler_options()
+            jax.value_and_grad(loss_fn, has_aux=True),
+            compiler_options={**compiler_options(), **FULL_OPTIMISATION},
         )
         compiled = step.lower(variables["params"]).compile()
         (loss, updates), grads = compiled(variables["params"])

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import ncthw_to_ndhwc, random_clips, relative_error
+from conftest import FULL_OPTIMISATION, ncthw_to_ndhwc, random_clips, relative_error
 
 torch = pytest.importorskip("torch")
 
@@ -132,7 +132,10 @@ def flax_train_step(attention_type: str, dtype, variables, rgb, pose, labels, tu
         ce = optax.softmax_cross_entropy_with_integer_labels
         return ce(rl, labels).mean() + ce(pl, labels).mean(), (rl, pl, updates)
 
-    (loss, (rl, pl, updates)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+    # XLA's own convolution gradients (the accelerators' tuning) run minutes unoptimised
+    options = FULL_OPTIMISATION if tuning.convolutions == "xla" else None
+    step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), compiler_options=options)
+    (loss, (rl, pl, updates)), grads = step(
         variables["params"]
     )
     tree = {"params": grads, "batch_stats": updates["batch_stats"]}

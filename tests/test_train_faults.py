@@ -111,7 +111,7 @@ def _free_port() -> int:
 
 
 def _spawn(tmp: Path, name: str, args: list) -> tuple[subprocess.Popen, Path]:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log = tmp / f"{name}.log"
     with open(log, "w") as out:

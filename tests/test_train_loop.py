@@ -104,7 +104,7 @@ def test_resumed_training_run_logs_every_step_once(tmp_path: Path) -> None:
     data = make_synthetic_dataset(tmp_path / "data", num_classes=NUM_CLASSES, num_train=8,
                                   num_val=2, frames=(10, 16), size=(32, 32), seed=5)
     work = tmp_path / "w"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0",
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"),  # the rerun compiles nothing
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)

@@ -58,8 +58,7 @@ def _command(dataset: Path, workdir: Path) -> list[str]:
 
 def _env(cache: Path) -> dict[str, str]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               XLA_FLAGS="--xla_backend_optimization_level=0")
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
     return env
 
