@@ -61,6 +61,16 @@ except ImportError:  # pragma: no cover - exercised only without the torch extra
     torch = None
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """The tests marked ``slow`` first, longest first: xdist hands out the first tests in
+    turn, so the two workers start on the long ones and finish together."""
+    def seconds(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return -(mark.kwargs.get("seconds", 1.0) if mark else 0.0)
+
+    items.sort(key=seconds)  # stable: otherwise in collection order
+
+
 def pytest_unconfigure(config) -> None:
     """The controlling process (not an xdist worker) removes the run's compilation cache."""
     if not hasattr(config, "workerinput") and "epam-jax-tests-xla-" in XLA_CACHE:

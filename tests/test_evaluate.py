@@ -86,6 +86,7 @@ def reference_views(variables, anns, config: ClipConfig) -> tuple[np.ndarray, np
     return rgb_logits.numpy().reshape(shape), pose_logits.numpy().reshape(shape)
 
 
+@pytest.mark.slow(seconds=90)
 def test_prepare_train_evaluate_end_to_end(dataset, tmp_path: Path, capsys) -> None:
 
     from epam_jax.checkpoints import save_variables

@@ -42,6 +42,7 @@ def three_clips(ann: dict, ntu: Path, shared_data: Path, tmp_path: Path):
     return anns, ann_file
 
 
+@pytest.mark.slow(seconds=30)
 def test_extract_real_clips_matches_model_apply_and_resumes(
     tmp_path: Path, shared_data: Path, ntu: Path, ntu_poses, ntu_model, ntu_reference
 ) -> None:
@@ -102,6 +103,7 @@ def test_extract_real_clips_matches_model_apply_and_resumes(
         extract.main(argv + ["--fusion", "multiply"])
 
 
+@pytest.mark.slow(seconds=30)
 def test_extract_sharded_over_two_devices(tmp_path: Path, shared_data: Path, ntu: Path,
                                          ntu_poses, ntu_model, ntu_reference) -> None:
     """Two local (CPU) devices: the batch of 3 becomes 4 split over the mesh, padded with

@@ -307,6 +307,7 @@ def test_bfloat16_eval_against_the_float32_reference():
     assert max(errors.values()) > 1e-4, errors
 
 
+@pytest.mark.slow(seconds=60)
 def test_remat_keeps_names_and_gradients_and_saves_memory_on_cpu():
     """Same variable tree, same gradients; compiled buffers shrink by more than a third,
     and less when only the first stage is recomputed."""

@@ -74,7 +74,7 @@ def test_eval_parity_small(attention_type, tuning):
     check_eval(attention_type, side=64, batch=3, seed=1, tuning=TUNINGS[tuning])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=20)
 def test_eval_parity_full_size():
     check_eval(CBAM, side=224, batch=1, seed=2, tuning=Tuning())
 
@@ -143,6 +143,7 @@ def flax_train_step(attention_type: str, dtype, variables, rgb, pose, labels, tu
     return float(loss), (np.asarray(rl), np.asarray(pl)), tensors
 
 
+@pytest.mark.slow(seconds=65)
 @pytest.mark.parametrize("attention_type, tuning", [c for c in CASES if c[1] != "unrolled"])
 def test_train_step_parity(attention_type, tuning):
     """Train-mode forward, loss gradients and BatchNorm running statistics after one step.

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 STEPS, GLOBAL_BATCH, NUM_CLASSES = 3, 8, 5
 
@@ -109,6 +110,7 @@ def _relative(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a) / scale
 
 
+@pytest.mark.slow(seconds=170)
 def test_one_device_jit_pmap_and_two_processes_agree(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
