@@ -7,9 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from conftest import encode_video
 
 from epam_jax.checkpoints import LoadedModel
 from epam_jax.cli import OutputPathBlocked, output_dirs, run_cli
@@ -30,16 +30,9 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     """A readable 64x48 mp4 of 20 frames."""
-    path = tmp_path_factory.mktemp("video") / "clip.mp4"
     rng = np.random.default_rng(0)
-    with av.open(os.fspath(path), "w") as out:
-        stream = out.add_stream("libx264", rate=10)
-        stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
-        for _ in range(20):
-            frame = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode(None))
-    return path
+    frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(20)]
+    return encode_video(tmp_path_factory.mktemp("video") / "clip.mp4", frames, fps=10)
 
 
 @pytest.fixture

@@ -161,16 +161,15 @@ def test_predict_clear_errors(tmp_path: Path, ntu: Path, ntu_poses, ntu_model,
         predict.main([str(ntu), "--checkpoint", str(ckpt)])
 
 
-NTU = "ntu_S001C001P001R001A001_rgb.avi"
 SHAPE = (96, 128)
 
 
-def test_truncated_real_avi_is_refused_before_the_slow_work(shared_data: Path,
-                                                            tmp_path: Path) -> None:
+def test_truncated_real_avi_is_refused_before_the_slow_work(ntu: Path, tmp_path: Path
+                                                            ) -> None:
     """The first 30% of the NTU clip: 15 of the 103 frames its header states. Refused
     by the checks before the checkpoint is read and before MediaPipe starts (neither
     exists here: reaching them would fail otherwise)."""
-    bad = cut(shared_data / NTU, 0.3, tmp_path / "cut.avi")
+    bad = cut(ntu, 0.3, tmp_path / "cut.avi")
     message = r"cut.avi' is truncated or corrupt: it decodes to 15 frames, its header states 103"
     with pytest.raises(ValueError, match=message):
         check_video(bad)

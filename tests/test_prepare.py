@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_pose
 
 from epam_jax import prepare
 from epam_jax.data import (
@@ -312,24 +313,12 @@ def test_full_disk_stops_the_run(raw, tmp_path, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------- real clip
 
-NTU_CLIP = "ntu_S001C001P001R001A001_rgb.avi"
-
-
-@pytest.fixture(scope="module")
-def ntu_poses(shared_data) -> dict:
-    """MediaPipe poses of the real NTU clip (once per module: ~20 s)."""
-    from epam_jax.realvideo import _mediapipe_in_process, video_poses
-
-    pose_python = os.environ.get("EPAM_POSE_PYTHON")
-    if not pose_python and not _mediapipe_in_process():
-        pytest.skip("no MediaPipe: set EPAM_POSE_PYTHON (make pose-env) for the real clip")
-    return video_poses(shared_data / NTU_CLIP, pose_python)
-
-
-def test_real_ntu_clip(shared_data, ntu_poses, tmp_path, capsys):
+def test_real_ntu_clip(shared_data, ntu, ntu_poses, tmp_path, capsys):
+    """The real clip with MediaPipe's poses (the shared ``ntu_poses``, made once)."""
     from epam_jax.realvideo import person_box
 
-    ann = dict(ntu_poses, frame_dir="S001C001P001R001A001")
+    need_pose()
+    ann = dict(ntu_poses[1], frame_dir="S001C001P001R001A001")
     ann.pop("filename", None)
     ann_path = tmp_path / "ntu.pkl"
     save_annotations(ann_path, [ann])
@@ -345,6 +334,6 @@ def test_real_ntu_clip(shared_data, ntu_poses, tmp_path, capsys):
     assert got.shape == (103, 224, 224, 3)
     picks = [0, 51, 102]
     x0, y0, x1, y1 = box
-    native = decode_video_frames(shared_data / NTU_CLIP, picks, size=None)
+    native = decode_video_frames(ntu, picks, size=None)
     want = np.stack([resize_frame(f[y0:y1, x0:x1], (224, 224)) for f in native])
     assert _psnr(got[picks], want).min() > 38.0  # measured 40.6-42.4 dB (all 103: >= 40.6)
