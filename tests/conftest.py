@@ -29,15 +29,18 @@ XLA_CACHE = os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     os.path.join(tempfile.gettempdir(), f"epam-jax-tests-xla-{uuid.uuid4().hex[:12]}"))
 
-# XLA:CPU without its LLVM optimisations: the model's programs compile in about 40% less
-# time and run 2-3x slower, a large saving at the tests' small shapes (docs/testing.md).
-# Subprocesses inherit it. A program that runs long, or a bound measured under the
-# optimised compiler, is compiled with ``compiler_options=FULL_OPTIMISATION`` instead.
+# XLA:CPU without its LLVM optimisations and with its older (non-MLIR) fusion emitters: the
+# model's programs compile in about half the time and run 2-3x slower, a large saving at
+# the tests' small shapes (docs/testing.md). Subprocesses inherit it. A program that runs
+# long, or a bound measured under the optimised compiler, is compiled with
+# ``compiler_options=FULL_OPTIMISATION`` instead; one whose bits are compared across
+# programs with ``FUSION_EMITTERS`` (the emitters decide how ``exp`` rounds).
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [
     os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",
-    "--xla_llvm_disable_expensive_passes=true"]))
+    "--xla_llvm_disable_expensive_passes=true", "--xla_cpu_use_fusion_emitters=false"]))
+FUSION_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
 FULL_OPTIMISATION = {"xla_backend_optimization_level": 3,
-                     "xla_llvm_disable_expensive_passes": False}
+                     "xla_llvm_disable_expensive_passes": False, **FUSION_EMITTERS}
 
 import av  # noqa: E402
 import jax  # noqa: E402

@@ -101,7 +101,8 @@ def _dataset(out: Path) -> Path:
                                   size=(32, 32), seed=5)
 
 
-def _command(dataset: Path, workdir: Path) -> list[str]:
+def _command(dataset: Path, workdir: Path, picture: bool = False) -> list[str]:
+    """train.py on ``dataset``; ``picture``: draw the attention picture at the end."""
     overrides = dict(
         annotations=dataset, rgb_size=32, heatmap_size=8, clip_len=8, rgb_stride=2,
         num_classes=3)
@@ -109,7 +110,7 @@ def _command(dataset: Path, workdir: Path) -> list[str]:
     args += [f"--config.{k}={v}" for k, v in dict(
         batch_size=BATCH, eval_batch_size=BATCH, num_train_steps=STEPS, eval_every_steps=8,
         checkpoint_every_steps=CKPT_EVERY, keep_checkpoints=2, progress_bar=False,
-        export_best=False, log_every_steps=4).items()]
+        export_best=False, log_every_steps=4, attention_picture=picture).items()]
     args += ["--config.model.dropout_ratio=0.5", "--config.optimizer.lr=0.05"]
     return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/demo.py"),
             "--workdir", str(workdir), *args]
@@ -155,7 +156,7 @@ def test_sigterm_sigkill_resume_and_non_finite_loss(tmp_path, cache) -> None:
 def check_interrupted_runs_end_with_the_uninterrupted_parameters(tmp_path: Path, cache: Path
                                                                  ) -> None:
     dataset = _dataset(tmp_path / "data")
-    straight = _run(_command(dataset, tmp_path / "a"), cache)
+    straight = _run(_command(dataset, tmp_path / "a", picture=True), cache)
     assert straight.returncode == 0, straight.stderr[-3000:]
     lines = straight.stdout.strip().splitlines()
     assert lines[-3].startswith("final validation top-1: ") and lines[-3].endswith("%")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from epam_jax.data.device_inputs import DeviceInputs
 from epam_jax.data.pipeline import ClipConfig
+from epam_jax.models import variable_shapes
 from epam_jax.train.checkpointing import (
     BEST_METRIC,
     Checkpoints,
@@ -428,12 +429,14 @@ def _setup(config: Any, workdir: Path, dp: DataParallel, local_batch: int,
     o = config.optimizer
     peak_lr = peak_learning_rate(o.lr, o.base_lr, o.base_batch_size, config.batch_size)
     schedule = make_schedule(peak_lr, total_steps, o.warmup_steps)
-    state = _initial_state(config, model, schedule, dp)
     ckpts = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
                         keep_best=config.keep_best_checkpoints,
                         best_metric=config.best_metric)
+    latest = _step_to_resume(config, ckpts)
+    # a resumed run restores into the state's shapes: no initial weights are computed
+    state = _initial_state(config, model, schedule, dp, abstract=latest is not None)
     train_iter = iter(train_loader)
-    state, start = _resume(config, ckpts, state, train_iter)
+    state, start = _resume(ckpts, latest, state, train_iter)
     inputs = DeviceInputs.of(clip_config(config))
     train_fn = dp.train_step(mode=config.mode, label_smoothing=o.label_smoothing,
                              inputs=inputs)
@@ -455,36 +458,53 @@ def _build_model(config: Any, dp: DataParallel) -> Any:
                           dtype=m.dtype, bn_axis_name=dp.bn_axis_name, tuning=dp.tuning)
 
 
-def _initial_state(config: Any, model: Any, schedule: Any, dp: DataParallel) -> Any:
+def _initial_state(config: Any, model: Any, schedule: Any, dp: DataParallel, *,
+                   abstract: bool = False) -> Any:
     """The replicated train state of ``config.init``'s weights (or ``config.seed``'s),
-    with SGD on ``schedule`` (per-stream rates, frozen modules left alone)."""
+    with SGD on ``schedule`` (per-stream rates, frozen modules left alone).
+
+    ``abstract``: only its shapes and placement (``jax.ShapeDtypeStruct`` leaves), the
+    template a checkpoint is restored into; nothing is initialised or loaded.
+    """
     o = config.optimizer
-    variables = initial_variables(model, config.mode, jax.random.PRNGKey(config.seed),
-                                  checkpoint=config.init.checkpoint,
-                                  rgb_checkpoint=config.init.rgb,
-                                  pose_checkpoint=config.init.pose)
+    if abstract:
+        variables = variable_shapes(model)
+    else:
+        variables = initial_variables(model, config.mode, jax.random.PRNGKey(config.seed),
+                                      checkpoint=config.init.checkpoint,
+                                      rgb_checkpoint=config.init.rgb,
+                                      pose_checkpoint=config.init.pose)
     tx = make_optimizer(variables["params"], schedule, momentum=o.momentum,
                         nesterov=o.nesterov, weight_decay=o.weight_decay,
                         clip_norm=o.grad_clip_norm,
                         lr_multipliers={"rgb": o.rgb_lr_mult, "pose": o.pose_lr_mult,
                                         "attention": o.attention_lr_mult},
                         frozen=frozen_modules(model))
-    return jax.device_put(create_train_state(model, variables, tx, config.seed),
-                          dp.replicated)
+    if not abstract:
+        return jax.device_put(create_train_state(model, variables, tx, config.seed),
+                              dp.replicated)
+    shapes = jax.eval_shape(partial(create_train_state, model, tx=tx, seed=config.seed),
+                            variables)
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=dp.replicated), shapes)
 
 
-def _resume(config: Any, ckpts: Checkpoints, state: Any, train_iter: Any
-            ) -> tuple[Any, int]:
-    """(state, step) of the latest checkpoint (the loader's position too) with
-    ``config.resume``, else (state, 0); FileExistsError where checkpoints exist but
-    resuming was not asked for."""
+def _step_to_resume(config: Any, ckpts: Checkpoints) -> int | None:
+    """The latest checkpoint's step with ``config.resume``, None where there is none;
+    FileExistsError where checkpoints exist but resuming was not asked for."""
     latest = ckpts.latest_step()
-    if latest is None:
-        return state, 0
-    if not config.resume:
+    if latest is not None and not config.resume:
         raise FileExistsError(
             f"{ckpts.directory} holds checkpoints (latest step {latest}); "
             f"pass --config.resume=True to continue or choose a new workdir")
+    return latest
+
+
+def _resume(ckpts: Checkpoints, latest: int | None, state: Any, train_iter: Any
+            ) -> tuple[Any, int]:
+    """(state, step) of checkpoint ``latest`` (the loader's position too), else (state, 0)."""
+    if latest is None:
+        return state, 0
     state = ckpts.restore(latest, state, train_iter)
     if jax.process_index() == 0:
         print(f"resumed from {ckpts.directory / str(latest)}", flush=True)
