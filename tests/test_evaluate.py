@@ -51,12 +51,13 @@ def dataset(tmp_path_factory) -> dict[str, Path]:
 
 def train(dataset: dict[str, Path], video_root: Path, workdir: Path, init: Path
           ) -> subprocess.CompletedProcess:
-    """Two steps of ``train.py`` with the demo config from ``init``, compiled at XLA's lowest
-    optimisation level (the numbers are the same; compiling is several times faster)."""
+    """Two steps of ``train.py`` with the demo config from ``init``, attention picture
+    included, compiled at XLA's lowest optimisation level (the numbers are the same;
+    compiling is several times faster)."""
     overrides = {"data.annotations": dataset["annotations"], "data.video_root": video_root,
                  "data.num_classes": NUM_CLASSES, "batch_size": 4, "eval_batch_size": 4,
                  "num_train_steps": 2, "eval_every_steps": 2, "log_every_steps": 1,
-                 "optimizer.warmup_steps": 0, "attention_picture": False,
+                 "optimizer.warmup_steps": 0, "attention_picture": True,
                  "progress_bar": False, "init.checkpoint": init}
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/demo.py"),
            "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in overrides.items())]
@@ -86,7 +87,7 @@ def reference_views(variables, anns, config: ClipConfig) -> tuple[np.ndarray, np
     return rgb_logits.numpy().reshape(shape), pose_logits.numpy().reshape(shape)
 
 
-@pytest.mark.slow(seconds=90)
+@pytest.mark.slow(seconds=75)
 def test_prepare_train_evaluate_end_to_end(dataset, tmp_path: Path, capsys) -> None:
 
     from epam_jax.checkpoints import save_variables
@@ -101,7 +102,12 @@ def test_prepare_train_evaluate_end_to_end(dataset, tmp_path: Path, capsys) -> N
     done = train(dataset, dataset["prepared"], tmp_path / "run", init)
     assert done.returncode == 0, done.stderr[-3000:]
     model_dir = tmp_path / "run" / "model"
-    assert "final validation top-1" in done.stdout
+    lines = done.stdout.strip().splitlines()
+    assert lines[-3].startswith("final validation top-1: ") and lines[-3].endswith("%")
+    assert lines[-2] == f"checkpoint: {model_dir}"
+    assert lines[-1] == f"attention picture: {tmp_path / 'run' / 'attention.png'}"
+    with Image.open(tmp_path / "run" / "attention.png") as png:
+        assert png.size[0] > 0 and png.size[1] > 0
     # the export records the demo's clip geometry, which GEOMETRY repeats (so no warning)
     from epam_jax.checkpoints import load_meta
 

@@ -116,7 +116,7 @@ def _relative(a: dict, b: dict) -> float:
     return max(float(np.abs(a[k] - b[k]).max()) for k in a) / scale
 
 
-@pytest.mark.slow(seconds=170)
+@pytest.mark.slow(seconds=120)
 def test_one_device_jit_pmap_and_two_processes_agree(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
