@@ -74,10 +74,9 @@ def run(parallel: str, num_devices: int | None, out: str, process: tuple[int, in
 
 def _env(devices: int) -> dict[str, str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                        "--xla_backend_optimization_level=0 "
-                        "--xla_llvm_disable_expensive_passes=true "
-                        "--xla_cpu_use_fusion_emitters=false")
+    # the suite's compiler flags (conftest), with this run's number of CPU devices
+    env["XLA_FLAGS"] = " ".join(filter(None, [
+        env.get("XLA_FLAGS"), f"--xla_force_host_platform_device_count={devices}"]))
     env["JAX_PLATFORMS"] = "cpu"
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
