@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -393,5 +394,24 @@ def init_variables(model: nn.Module, rng: jax.Array) -> dict:
 
 
 def variable_shapes(model: nn.Module) -> dict:
-    """``jax.eval_shape`` of ``model.init``: the variable tree without computing it."""
+    """``jax.eval_shape`` of ``model.init``: the variable tree without computing it.
+
+    Tracing EPAM-Net takes seconds, and loading, converting and checking a checkpoint each
+    need the tree, so it is remembered per model (modules are frozen dataclasses) and
+    handed out as a fresh tree each time.
+    """
+    try:
+        shapes = _traced_shapes(model, jax.config.jax_enable_x64)
+    except TypeError:  # a field that cannot be hashed: trace it every time
+        shapes = _trace_shapes(model)
+    return jax.tree_util.tree_map(lambda s: s, shapes)
+
+
+def _trace_shapes(model: nn.Module) -> dict:
     return jax.eval_shape(model.init, jax.random.key(0), *dummy_inputs(model))
+
+
+@functools.lru_cache(maxsize=16)
+def _traced_shapes(model: nn.Module, x64: bool) -> dict:
+    del x64  # part of the key only: it changes the traced dtypes
+    return _trace_shapes(model)

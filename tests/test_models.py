@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import (
-    FULL_OPTIMISATION,
+    LLVM_O1,
     POSE_SHAPE,
     RGB_SHAPE,
     ncthw_to_ndhwc,
@@ -333,7 +333,7 @@ def test_remat_keeps_names_and_gradients_and_saves_memory_on_cpu():
 
         step = jax.jit(
             jax.value_and_grad(loss_fn, has_aux=True),
-            compiler_options={**compiler_options(), **FULL_OPTIMISATION},
+            compiler_options={**compiler_options(), **LLVM_O1},
         )
         compiled = step.lower(variables["params"]).compile()
         (loss, updates), grads = compiled(variables["params"])

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import FULL_OPTIMISATION, ncthw_to_ndhwc, random_clips, relative_error
+from conftest import LLVM_O1, ncthw_to_ndhwc, random_clips, relative_error
 
 torch = pytest.importorskip("torch")
 
@@ -133,7 +133,7 @@ def flax_train_step(attention_type: str, dtype, variables, rgb, pose, labels, tu
         return ce(rl, labels).mean() + ce(pl, labels).mean(), (rl, pl, updates)
 
     # XLA's own convolution gradients (the accelerators' tuning) run minutes unoptimised
-    options = FULL_OPTIMISATION if tuning.convolutions == "xla" else None
+    options = LLVM_O1 if tuning.convolutions == "xla" else None
     step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), compiler_options=options)
     (loss, (rl, pl, updates)), grads = step(
         variables["params"]
