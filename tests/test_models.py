@@ -200,16 +200,21 @@ def test_eval_in_chunks_of_clips_gives_the_same_outputs(epam_init):
     rgb = jnp.asarray(rng.standard_normal((3, 16, 32, 32, 3)), jnp.float32)
     pose = jnp.asarray(rng.random((3, 48, 8, 8, 17)), jnp.float32)
 
-    def run(chunk):  # blocks unrolled, so the only loop is the one over clips
-        net = model.clone(tuning=Tuning(scan_blocks=False, eval_chunk=chunk))
+    def run(chunk):  # the outputs, and each top-level loop's length and inner loops
+        net = model.clone(tuning=Tuning(eval_chunk=chunk))
         fn = lambda v, a, b: net.apply(v, a, b, return_attention=True)  # noqa: E731
-        loops = "scan" in str(jax.make_jaxpr(fn)(variables, rgb, pose))
+        loops = [(e.params["length"], str(e.params["jaxpr"]).count(" scan["))
+                 for e in jax.make_jaxpr(fn)(variables, rgb, pose).jaxpr.eqns
+                 if e.primitive.name == "scan"]
         return jax.jit(fn)(variables, rgb, pose), loops
 
     whole, loops = run(0)
-    assert not loops
+    stages = len(loops)  # each stage's blocks run as a loop, none inside another
+    assert stages > 0 and all(inner == 0 for _, inner in loops)
     outs, loops = run(2)
-    assert loops
+    # one step of 2 clips around the whole network (its stage loops inside); the third
+    # clip runs on its own
+    assert [loop for loop in loops if loop[1]] == [(1, stages)]
     for a, b in zip(outs, whole, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     assert Tuning().eval_chunk == 1
