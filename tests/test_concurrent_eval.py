@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_variables
 
 from epam_jax import EPAMBackbone, EPAMNet
 from epam_jax.concurrent_eval import ConcurrentStreams
-from epam_jax.models import variable_shapes
 from epam_jax.tuning import Tuning
 from epam_jax.xla_options import compiler_options
 
@@ -19,26 +19,9 @@ RGB = jnp.asarray(RNG.standard_normal((3, 4, 32, 32, 3)), jnp.float32)
 POSE = jnp.asarray(RNG.random((3, 12, 8, 8, 17)), jnp.float32)
 
 
-def random_variables(model):
-    """Random variables of the model's shapes: weights, BatchNorm statistics and affines
-    (gammas non-zero), without compiling its initialiser."""
-    rng = np.random.default_rng(11)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("scale", "var"):
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-        if name in ("mean", "bias"):
-            return jnp.asarray(0.1 * rng.standard_normal(leaf.shape), leaf.dtype)
-        fan_in = max(1, int(np.prod(leaf.shape[:-1])))
-        return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, variable_shapes(model))
-
-
 @pytest.fixture(scope="module")
 def variables():
-    return random_variables(EPAMNet(num_classes=5))
+    return random_variables(EPAMNet(num_classes=5), seed=11)
 
 
 @pytest.mark.parametrize(
