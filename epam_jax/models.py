@@ -401,10 +401,10 @@ def variable_shapes(model: nn.Module) -> dict:
     handed out as a fresh tree each time.
     """
     try:
-        shapes = _traced_shapes(model, jax.config.jax_enable_x64)
+        hash(model)
     except TypeError:  # a field that cannot be hashed: trace it every time
-        shapes = _trace_shapes(model)
-    return jax.tree_util.tree_map(lambda s: s, shapes)
+        return _trace_shapes(model)
+    return jax.tree_util.tree_map(lambda s: s, _traced_shapes(model, jax.config.jax_enable_x64))
 
 
 def _trace_shapes(model: nn.Module) -> dict:

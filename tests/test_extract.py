@@ -28,7 +28,7 @@ from epam_jax.data import (
 SIZE = 64
 
 
-def SMALL(video_root: Path) -> ClipConfig:  # noqa: N802 - reads as the geometry's name
+def small_config(video_root: Path) -> ClipConfig:
     return ClipConfig(video_root=str(video_root), rgb_size=(SIZE, SIZE),
                       heatmap_size=(SIZE // 4, SIZE // 4))
 
@@ -72,7 +72,7 @@ def test_extract_real_clips_matches_model_apply_and_resumes(
     written = extract.main(argv)
     names = ["ntu_full", "ntu_first60", "sub__demo"]
     assert sorted(p.name for p in written) == sorted(f"{n}.npz" for n in names)
-    config = SMALL(shared_data)
+    config = small_config(shared_data)
     for a, name in zip(anns, names, strict=True):
         with np.load(out / f"{name}.npz") as f:
             got = dict(f)
@@ -135,7 +135,7 @@ def test_extract_sharded_over_two_devices(tmp_path: Path, shared_data: Path, ntu
            "--allow-unprepared"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    config = SMALL(shared_data)
+    config = small_config(shared_data)
     for a in anns:
         with np.load(out / f"{a['frame_dir'].replace('/', '__')}.npz") as f:
             got = dict(f)

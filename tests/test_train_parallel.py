@@ -120,6 +120,8 @@ def stable_start(model) -> dict:
     residual gammas zero (each block starts as its shortcut), BatchNorm statistics
     and biases at their initial values. Random gammas and statistics make three steps
     at a high learning rate chaotic (runs drift apart by far more than rounding)."""
+    from conftest import random_variables  # here: the training subprocesses skip conftest
+
     def start(path, value):
         keys = [getattr(k, "key", "") for k in path]
         if keys[0] == "batch_stats":
@@ -129,8 +131,6 @@ def stable_start(model) -> dict:
         if keys[-1] == "scale":
             return np.full_like(value, 0.0 if keys[-3:-1] == ["conv3", "bn"] else 1.0)
         return value
-
-    from conftest import random_variables  # here: the training subprocesses skip conftest
 
     return jax.tree_util.tree_map_with_path(start, random_variables(model))
 
